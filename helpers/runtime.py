@@ -1,0 +1,299 @@
+"""Find the Copilot runtime and run it as one shared, headless TCP server."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import LOGS, REPO_ROOT, TMP
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+_PORT_LINE = re.compile(r"listening on port (\d+)")
+_GUARD = Path(__file__).with_name("_guard.py")
+
+
+class RuntimeNotFound(RuntimeError):
+    """No Copilot runtime binary could be found."""
+
+
+class RuntimeStartError(RuntimeError):
+    """The runtime did not start; the message quotes the end of its log."""
+
+
+def find_runtime() -> Path:
+    """Locate the runtime: ``COPILOT_CLI_PATH``, then ``node_modules``, then ``copilot`` on PATH.
+
+    Returns:
+        The path of an executable Copilot runtime.
+
+    Raises:
+        RuntimeNotFound: naming the three ways to provide one.
+    """
+    explicit = os.environ.get("COPILOT_CLI_PATH")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise RuntimeNotFound(f"COPILOT_CLI_PATH is set to {explicit!r}, which is not an executable file.")
+    for candidate in _node_modules_candidates():
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    on_path = shutil.which("copilot")
+    if on_path:
+        return Path(on_path)
+    raise RuntimeNotFound(
+        "No Copilot runtime found. Run `npm ci` in the repository root (./verify.sh does it for you), "
+        "or set COPILOT_CLI_PATH to a `copilot` binary, or put `copilot` on your PATH."
+    )
+
+
+def _node_modules_candidates() -> list[Path]:
+    """The native binary npm installs for this platform, then npm's own launcher."""
+    from copilot._cli_version import get_cli_binary_name, get_runtime_platform
+
+    base = REPO_ROOT / "node_modules" / "@github"
+    found = []
+    try:
+        found.append(base / f"copilot-{get_runtime_platform()}" / get_cli_binary_name())
+    except RuntimeError:
+        pass
+    found.append(REPO_ROOT / "node_modules" / ".bin" / "copilot")
+    return found
+
+
+def runtime_version(path: Path | None = None, timeout: float = 30.0) -> str:
+    """Return the version the runtime reports with ``--version`` (e.g. ``"1.0.102"``)."""
+    path = path or find_runtime()
+    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=timeout, check=False)
+    match = re.search(r"(\d+\.\d+\.\d+(?:-[\w.]+)?)", out.stdout + out.stderr)
+    if not match:
+        raise RuntimeError(f"could not read a version from `{path} --version`: {out.stdout or out.stderr!r}")
+    return match.group(1)
+
+
+def expected_runtime_version() -> str | None:
+    """The runtime version this SDK release was built against."""
+    from copilot._cli_version import CLI_VERSION
+
+    return CLI_VERSION
+
+
+def redact(text: str, secret_values: list[str]) -> str:
+    """Replace every secret value in ``text`` with ``***``."""
+    for value in secret_values:
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def log_tail(path: Path, lines: int = 20, secret_values: list[str] | None = None) -> str:
+    """The last lines of a log file, with secrets redacted."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log written)"
+    tail = "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+    return redact(tail, secret_values or [])
+
+
+@dataclass
+class RuntimeServer:
+    """A Copilot runtime serving clients over TCP, started by us or attached to by URL."""
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    pid: int | None = None
+    log_path: Path | None = None
+    home: Path | None = None
+    startup_seconds: float | None = None
+    _guard: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _env: dict[str, str] = field(default_factory=dict, repr=False)
+    _binary: Path | None = field(default=None, repr=False)
+    _secrets: list[str] = field(default_factory=list, repr=False)
+    _finalizer: weakref.finalize | None = field(default=None, repr=False)
+
+    @property
+    def owned(self) -> bool:
+        """True when we started this server (and so may stop or restart it)."""
+        return self._binary is not None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process we started is alive."""
+        return self._guard is not None and self._guard.poll() is None
+
+    def connection(self):  # -> copilot.UriRuntimeConnection
+        """A ``RuntimeConnection.for_uri`` to this server, carrying its token."""
+        from copilot import RuntimeConnection
+
+        return RuntimeConnection.for_uri(self.url, connection_token=self.token)
+
+    def stop(self) -> None:
+        """Stop the server (if we started it) and wait for it to exit."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+        self._guard = None
+
+    def restart(self, timeout: float = START_TIMEOUT_S) -> "RuntimeServer":
+        """Stop the server and start a new one with the same binary, home and environment."""
+        if not self.owned:
+            raise RuntimeError("this server was attached by URL; restart it where it runs")
+        self.stop()
+        fresh = _launch(self._binary, self._env, self.home, self.token, self._secrets, timeout)  # type: ignore[arg-type]
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items()})
+        fresh._finalizer = None  # ownership moved to self
+        self._finalizer = weakref.finalize(self, _stop_guard, self._guard, self.pid)
+        return self
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server log, secrets redacted."""
+        if self.log_path is None:
+            return "(attached server: its log is wherever it was started)"
+        return log_tail(self.log_path, lines, self._all_secrets())
+
+    def _all_secrets(self) -> list[str]:
+        return [s for s in [self.token, *self._secrets] if s]
+
+    def __enter__(self) -> "RuntimeServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    extra_env: dict[str, str] | None = None,
+    *,
+    home: Path | None = None,
+    remove_env: tuple[str, ...] = (),
+    secret_values: list[str] | None = None,
+    timeout: float = START_TIMEOUT_S,
+) -> RuntimeServer:
+    """Start the runtime headless on a free loopback port, guarded so it dies with this process.
+
+    Args:
+        extra_env: Variables added to the server's environment (the backend's settings).
+        home: ``COPILOT_HOME`` for the server's own state; default ``tmp/copilot-home``.
+        remove_env: Variables of this process that the server must not inherit.
+        secret_values: Values to redact from any log text we show.
+        timeout: Seconds to wait for the server to announce its port.
+
+    Returns:
+        The running server; use ``server.connection()`` or ``server.url``/``server.token``.
+
+    Raises:
+        RuntimeNotFound: no runtime binary.
+        RuntimeStartError: the server exited or stayed silent; the message quotes its log.
+    """
+    binary = find_runtime()
+    env = {k: v for k, v in os.environ.items() if k not in remove_env}
+    env.update(extra_env or {})
+    home = Path(home or TMP / "copilot-home").resolve()
+    token = secrets.token_urlsafe(24)
+    server = _launch(binary, env, home, token, list(secret_values or []), timeout)
+    server._finalizer = weakref.finalize(server, _stop_guard, server._guard, server.pid)
+    return server
+
+
+def attach_server(url: str, token: str | None = None) -> RuntimeServer:
+    """Describe an already-running server at ``url`` (``host:port``); we will not stop it."""
+    if not url:
+        raise ValueError("attach_server needs a URL such as 127.0.0.1:4321")
+    if token is None:
+        token = os.environ.get("COPILOT_CONNECTION_TOKEN") or None
+    return RuntimeServer(url=url, token=token)
+
+
+def _launch(binary: Path, env: dict[str, str], home: Path, token: str | None, secret_values: list[str], timeout: float) -> RuntimeServer:
+    """Spawn the guard and the server under it; wait for the announced port."""
+    home.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"runtime-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.log"
+    log_path.touch()
+    env = dict(env, COPILOT_HOME=str(home))
+    if token:
+        env["COPILOT_CONNECTION_TOKEN"] = token
+    command = [str(binary), "--headless", "--port", "0", "--no-auto-update"]
+    started = time.monotonic()
+    guard = subprocess.Popen(
+        [sys.executable, str(_GUARD), str(log_path), "--", *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=str(REPO_ROOT),
+    )
+    all_secrets = [s for s in [token, *secret_values] if s]
+    try:
+        pid = _read_pid(guard, timeout)
+        port = _wait_for_port(guard, log_path, started + timeout)
+    except RuntimeStartError as exc:
+        _stop_guard(guard, None)
+        raise RuntimeStartError(f"{exc}\nLog ({log_path}), last lines:\n{log_tail(log_path, 20, all_secrets)}") from None
+    return RuntimeServer(
+        url=f"127.0.0.1:{port}",
+        token=token,
+        pid=pid,
+        log_path=log_path,
+        home=home,
+        startup_seconds=time.monotonic() - started,
+        _guard=guard,
+        _env=env,
+        _binary=binary,
+        _secrets=secret_values,
+    )
+
+
+def _read_pid(guard: subprocess.Popen[bytes], timeout: float) -> int:
+    assert guard.stdout is not None
+    ready, _, _ = select.select([guard.stdout], [], [], timeout)
+    line = guard.stdout.readline().decode().strip() if ready else ""
+    guard.stdout.close()
+    if not line.isdigit():
+        raise RuntimeStartError("the runtime process could not be started")
+    return int(line)
+
+
+def _wait_for_port(guard: subprocess.Popen[bytes], log_path: Path, deadline: float) -> int:
+    while True:
+        match = _PORT_LINE.search(log_path.read_text(errors="replace"))
+        if match:
+            return int(match.group(1))
+        if guard.poll() is not None:
+            raise RuntimeStartError(f"the Copilot runtime exited during start-up (exit code {guard.returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeStartError("the Copilot runtime did not announce its port in time")
+        time.sleep(0.05)
+
+
+def _stop_guard(guard: subprocess.Popen[bytes] | None, pid: int | None) -> None:
+    """Close the guard's stdin so it stops the server; escalate if it does not."""
+    if guard is None:
+        return
+    try:
+        if guard.stdin is not None:
+            guard.stdin.close()
+    except OSError:
+        pass
+    try:
+        guard.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait(timeout=STOP_TIMEOUT_S)
+    if pid is not None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
