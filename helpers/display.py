@@ -1,0 +1,121 @@
+"""Plain-text display helpers: they print, so every output also reads well headless."""
+
+from __future__ import annotations
+
+import json
+import logging
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+
+from .paths import relative
+from .standin_model import RequestRecord, StandInModel
+
+_SKIP_DIRS = {"installed-plugins", "logs"}
+
+
+class _OneLine(logging.Formatter):
+    """Format SDK log records as one line, without the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[sdk {record.levelname.lower()}] {record.getMessage()}"
+
+    def formatException(self, ei: object) -> str:  # noqa: N802 - logging API
+        return ""
+
+
+def tidy_sdk_logging() -> None:
+    """Show the SDK's own error logs as one line each instead of full tracebacks."""
+    logger = logging.getLogger("copilot")
+    if not any(isinstance(h.formatter, _OneLine) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(_OneLine())
+        handler.setLevel(logging.ERROR)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def short(text: str | None, width: int = 100) -> str:
+    """One line, shortened to ``width`` characters."""
+    return textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" …") or "(empty)"
+
+
+def reply(label: str, text: str | None) -> None:
+    """Print who answered and what."""
+    print(f"{label}: {text if text else '(no reply)'}")
+
+
+def tree(root: Path, max_depth: int = 4, max_entries: int = 40) -> None:
+    """Print a folder as an indented tree, relative to the repository."""
+    root = Path(root)
+    print(f"{relative(root)}/")
+    if not root.exists():
+        print("  (does not exist)")
+        return
+    shown = 0
+
+    def walk(folder: Path, depth: int) -> None:
+        nonlocal shown
+        for entry in sorted(folder.iterdir(), key=lambda p: (p.is_file(), p.name)):
+            if shown >= max_entries:
+                return
+            shown += 1
+            size = f"  ({entry.stat().st_size} B)" if entry.is_file() else "/"
+            print(f"{'  ' * depth}{entry.name}{size}")
+            if entry.is_dir() and depth < max_depth and entry.name not in _SKIP_DIRS:
+                walk(entry, depth + 1)
+
+    walk(root, 1)
+    if shown >= max_entries:
+        print("  …")
+
+
+def events(path: Path, types: Iterable[str] = ("session.start", "session.resume", "user.message", "assistant.message")) -> None:
+    """Print the interesting lines of a session's ``events.jsonl``, one per event."""
+    wanted = set(types)
+    print(f"{relative(Path(path))}:")
+    for line in Path(path).read_text().splitlines():
+        event = json.loads(line)
+        if event.get("type") not in wanted:
+            continue
+        data = event.get("data", {})
+        detail = data.get("content") or data.get("sessionId") or data.get("resumeTime") or ""
+        print(f"  {event['timestamp'][11:19]}  {event['type']:<18} {short(str(detail), 70)}")
+
+
+def model_requests(model: StandInModel | None, last: int = 3) -> list[RequestRecord]:
+    """Print what the stand-in model received in its last requests; return those records."""
+    if model is None:
+        print("(only the local backend records what the model receives)")
+        return []
+    records = list(model.requests)[-last:]
+    for record in records:
+        tools = ", ".join(record.tool_names) or "none"
+        print(f"request #{record.number}: {len(record.user_messages)} user message(s), tools: {tools}")
+        for index, text in enumerate(record.user_messages, 1):
+            print(f"    user[{index}]: {short(text, 80)}")
+    return records
+
+
+def file_contains(root: Path, needle: str) -> list[str]:
+    """Files under ``root`` whose bytes contain ``needle`` (case-insensitive)."""
+    hits = []
+    needle_bytes = needle.lower().encode()
+    for path in Path(root).rglob("*"):
+        if path.is_file() and needle_bytes in path.read_bytes().lower():
+            hits.append(relative(path))
+    return hits
+
+
+def table(rows: list[dict[str, object]]) -> None:
+    """Print a list of dicts as an aligned text table."""
+    if not rows:
+        print("(no rows)")
+        return
+    headers = list(rows[0])
+    cells = [[str(row.get(h, "")) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))

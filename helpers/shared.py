@@ -1,0 +1,21 @@
+"""One call to get the shared runtime for a notebook: start it, or attach to ``CLI_URL``."""
+
+from __future__ import annotations
+
+from .backends import Backend
+from .runtime import RuntimeServer, attach_server, expected_runtime_version, runtime_version, start_server
+
+
+def shared_server(backend: Backend, cli_url: str = "") -> RuntimeServer:
+    """Start the shared runtime for ``backend`` (or attach to ``cli_url``) and print one line about it."""
+    if cli_url:
+        server = attach_server(cli_url)
+        print(f"Attached to the shared runtime at {server.url} (token: {'set' if server.token else 'none'}).")
+        return server
+    server = start_server(backend.server_env, remove_env=backend.server_remove_env, secret_values=backend.secret_values)
+    installed, expected = runtime_version(), expected_runtime_version()
+    print(f"Shared runtime {installed} (this SDK expects {expected}) listening on {server.url}, "
+          f"started in {server.startup_seconds:.2f} s; log: tmp/logs/{server.log_path.name}.")
+    if expected and installed != expected:
+        print(f"Warning: runtime {installed} is not the one this SDK was built for ({expected}); run `npm ci`.")
+    return server
