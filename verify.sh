@@ -90,8 +90,12 @@ for nb in "${notebooks[@]}"; do
   secs=$("$PY" -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.1f}")' "$start" "$(date +%s.%N)")
   echo "$status $name (${secs} s)"
   if [[ "$status" == FAIL ]]; then
-    echo "---- last lines of $log ----"
-    tail -n 40 "$log"
+    echo "---- $log (the error; the executed notebook is $out) ----"
+    if grep -q "Exception encountered" "$log"; then
+      sed -n '/Exception encountered/,$p' "$log" | head -n 60
+    else
+      tail -n 40 "$log"
+    fi
     echo "----"
   fi
 done

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .paths import relative
+from .paths import TMP, fresh_dir, relative  # noqa: F401 - TMP and fresh_dir are re-exported for the notebooks
 from .standin_model import RequestRecord, StandInModel
 
 _SKIP_DIRS = {"installed-plugins", "logs"}
@@ -119,3 +120,24 @@ def table(rows: list[dict[str, object]]) -> None:
     print("  ".join("-" * w for w in widths))
     for c in cells:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+
+
+class Stopwatch:
+    """Named laps in milliseconds: ``with clock.lap("create"): ...``."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def lap(self, name: str) -> "_Lap":
+        return _Lap(self, name)
+
+
+class _Lap:
+    def __init__(self, clock: Stopwatch, name: str) -> None:
+        self._clock, self._name = clock, name
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._clock.ms[self._name] = (time.perf_counter() - self._start) * 1000

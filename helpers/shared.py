@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .backends import Backend
 from .runtime import RuntimeServer, attach_server, expected_runtime_version, runtime_version, start_server
 
 
-def shared_server(backend: Backend, cli_url: str = "") -> RuntimeServer:
-    """Start the shared runtime for ``backend`` (or attach to ``cli_url``) and print one line about it."""
+def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None) -> RuntimeServer:
+    """Start the shared runtime for ``backend`` (or attach to ``cli_url``) and print one line about it.
+
+    Args:
+        backend: The model backend; its settings go into the runtime's environment.
+        cli_url: ``host:port`` of a runtime that is already running; then nothing is started.
+        home: The runtime's ``COPILOT_HOME`` (default ``tmp/copilot-home``).
+
+    Returns:
+        The server, started (and guarded) or attached.
+    """
     if cli_url:
         server = attach_server(cli_url)
         print(f"Attached to the shared runtime at {server.url} (token: {'set' if server.token else 'none'}).")
         return server
-    server = start_server(backend.server_env, remove_env=backend.server_remove_env, secret_values=backend.secret_values)
+    server = start_server(backend.server_env, home=home, remove_env=backend.server_remove_env,
+                          secret_values=backend.secret_values)
     installed, expected = runtime_version(), expected_runtime_version()
     print(f"Shared runtime {installed} (this SDK expects {expected}) listening on {server.url}, "
           f"started in {server.startup_seconds:.2f} s; log: tmp/logs/{server.log_path.name}.")

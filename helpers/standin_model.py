@@ -314,7 +314,7 @@ class RequestRecord:
     stream: bool
     user_messages: list[str]
     tool_names: list[str]
-    tool_results: int
+    tool_results: list[str]
     reply_kind: str
     reply_text: str
 
@@ -390,7 +390,7 @@ class StandInModel:
                 stream=bool(request.get("stream")),
                 user_messages=user_texts,
                 tool_names=[t.get("function", {}).get("name", "?") for t in request.get("tools") or []],
-                tool_results=sum(1 for m in request.get("messages", []) if m.get("role") == "tool"),
+                tool_results=[_content_text(m.get("content")) for m in request.get("messages", []) if m.get("role") == "tool"],
                 reply_kind=reply.kind,
                 reply_text=reply.text,
             ))
