@@ -62,3 +62,16 @@ def test_notebook_01_with_other_parameters_and_a_secret_canary(monkeypatch: pyte
     assert canary not in text, "secret canary leaked into the executed notebook"
     assert not (TMP / "user-a").exists() and not (TMP / "user-b").exists(), "KEEP_STATE=False should clean up"
     assert set(our_runtime_processes()) <= running_before, "the notebook left a runtime running"
+
+
+def test_notebook_02_with_other_parameters_leaves_no_session_state() -> None:
+    running_before = set(our_runtime_processes())
+    nb = execute("02_multi_user_short_lived.ipynb", NOTE_NAME="plan-b.txt", NOTE_TEXT="Deploy at dawn, quietly.",
+                 KEEP_STATE=True)
+    outputs = "".join(str(c.get("outputs")) for c in nb.cells)
+    assert "plan-b.txt" in outputs and "Deploy at dawn, quietly." in outputs
+    assert "Ship the tutorial on Friday." not in outputs
+    home = TMP / "runtime-02"
+    assert home.is_dir(), "KEEP_STATE=True should keep the runtime's home"
+    assert [p.name for p in (home / "session-state").glob("[!.]*")] == [], "every session should have been deleted"
+    assert set(our_runtime_processes()) <= running_before, "the notebook left a runtime running"
