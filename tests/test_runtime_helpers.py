@@ -103,6 +103,14 @@ ORPHAN_SCRIPT = textwrap.dedent("""
 """)
 
 
+def gone_within(pid: int, seconds: float) -> bool:
+    """Poll until ``pid`` has exited; True if it did within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not process_alive(pid)
+
+
 def _read_line(stream, timeout: float) -> str:
     ready, _, _ = select.select([stream], [], [], timeout)
     assert ready, "the child did not report in time"
@@ -117,10 +125,7 @@ def test_server_dies_within_5s_when_its_python_parent_is_killed() -> None:
         assert process_alive(server_pid)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while process_alive(server_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not process_alive(server_pid), "the runtime outlived the process that started it"
+        assert gone_within(server_pid, 5.0), "the runtime outlived the process that started it"
     finally:
         parent.kill()
 
@@ -137,10 +142,7 @@ def test_server_dies_when_a_jupyter_kernel_is_killed() -> None:
         server_pid = int("".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream").strip())
         assert process_alive(server_pid)
         os.kill(manager.provisioner.process.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while process_alive(server_pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not process_alive(server_pid), "the runtime outlived its killed kernel"
+        assert gone_within(server_pid, 5.0), "the runtime outlived its killed kernel"
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
