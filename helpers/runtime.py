@@ -152,8 +152,8 @@ class RuntimeServer:
             raise RuntimeError("this server was attached by URL; restart it where it runs")
         self.stop()
         fresh = _launch(self._binary, self._env, self.home, self.token, self._secrets, timeout)  # type: ignore[arg-type]
-        self.__dict__.update({k: v for k, v in fresh.__dict__.items()})
-        fresh._finalizer = None  # ownership moved to self
+        self.url, self.pid, self.log_path = fresh.url, fresh.pid, fresh.log_path
+        self.startup_seconds, self._guard = fresh.startup_seconds, fresh._guard
         self._finalizer = weakref.finalize(self, _stop_guard, self._guard, self.pid)
         return self
 
