@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .paths import TMP, fresh_dir, relative  # noqa: F401 - TMP and fresh_dir are re-exported for the notebooks
+from .paths import relative
 from .standin_model import RequestRecord, StandInModel
 
 _SKIP_DIRS = {"installed-plugins", "logs"}

@@ -40,7 +40,6 @@ class ChatPanel:
         self.message = w.Text(placeholder=placeholder, description="Message", layout=w.Layout(width="60%"))
         self.button = w.Button(description="Send", button_style="primary")
         self.output = w.Output()
-        self.history: list[Answer] = []
         self.pending: asyncio.Task[Answer | None] | None = None
         self.button.on_click(self._on_click)
 
@@ -59,7 +58,6 @@ class ChatPanel:
             text = f"User {user}: the request failed: {type(exc).__name__}: {exc}"
             self._show(text, echo)
             return None
-        self.history.append(answer)
         text = answer.as_text()
         if self._extra is not None:
             text += "\n" + self._extra(user)

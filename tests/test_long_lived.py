@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from copilot import CopilotClient, RuntimeConnection
 
-from helpers.backends import Backend, choose_backend
+from helpers.backends import choose_backend
+from helpers.display import file_contains
 from helpers.paths import TMP, fresh_dir
 from helpers.runtime import RuntimeServer, start_server
 from helpers.standin_model import StandInModel
@@ -58,7 +59,7 @@ async def test_users_are_isolated(server, local_backend, session_kwargs, user_di
     answer = await teach(server, user_dirs["b"], "solo", "What is the codename?", session_kwargs)
     assert "OWL-8" not in answer
     assert local_backend.standin.requests[-1].user_messages == ["What is the codename?"]
-    assert not any(b"OWL-8" in p.read_bytes() for p in user_dirs["b"].rglob("*") if p.is_file())
+    assert file_contains(user_dirs["b"], "OWL-8") == []
 
 
 async def test_resume_needs_the_same_config_directory(server, session_kwargs, user_dirs):
