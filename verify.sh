@@ -43,12 +43,15 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 hash_of() { "$PY" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"; }
 
 # --- Python environment ------------------------------------------------------
-want="$(hash_of requirements.txt)"
+want="$(hash_of requirements.txt)-$(hash_of pyproject.toml)"
 if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]]; then
   echo "==> setting up .venv from requirements.txt (first run takes a few minutes)"
   [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV" || die "could not create .venv (on Debian/Ubuntu: apt-get install python3-venv)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt \
     || die "pip install -r requirements.txt failed (see the messages above)"
+  # `helpers` becomes importable from the notebooks, the tests and scripts, with no sys.path edits.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e . \
+    || die "pip install -e . failed (see the messages above)"
   echo "$want" > "$VENV/.requirements.sha256"
 fi
 
@@ -59,6 +62,12 @@ if [[ ! -d node_modules/@github/copilot ]] || [[ "$(cat node_modules/.package-lo
   npm ci --no-audit --no-fund --loglevel=error || die "npm ci failed (see the messages above)"
   echo "$want" > node_modules/.package-lock.sha256
 fi
+
+# JupyterLab started from .venv saves the tutorial's notebooks without outputs (helpers/strip_outputs.py).
+mkdir -p "$VENV/etc/jupyter"
+cat > "$VENV/etc/jupyter/jupyter_server_config.json" <<'JSON'
+{"FileContentsManager": {"pre_save_hook": "helpers.strip_outputs.pre_save_hook"}}
+JSON
 
 export PATH="$VENV/bin:$PATH"
 # Prefer this environment's python3 kernel over any user-level kernelspec of the same name.

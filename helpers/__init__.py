@@ -1,1 +1,1 @@
-"""Plumbing for the notebooks: the runtime, the backends, the stand-in model, display and widgets."""
+"""Plumbing for the notebooks: runtime, backends, stand-in model, display and widgets."""

@@ -12,7 +12,12 @@ from .standin_model import MODEL_ID, StandInModel
 
 BACKENDS = ("local", "github", "byok")
 TOKEN_VARS = ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN")
-PROVIDER_VARS = ("COPILOT_PROVIDER_BASE_URL", "COPILOT_PROVIDER_API_KEY", "COPILOT_PROVIDER_TYPE", "COPILOT_MODEL")
+PROVIDER_VARS = (
+    "COPILOT_PROVIDER_BASE_URL",
+    "COPILOT_PROVIDER_API_KEY",
+    "COPILOT_PROVIDER_TYPE",
+    "COPILOT_MODEL",
+)
 PROVIDER_TYPES = ("openai", "azure", "anthropic")
 REACH_TIMEOUT_S = 5.0
 
@@ -52,7 +57,7 @@ class Backend:
         if self.standin is not None:
             self.standin.stop()
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,8 +95,12 @@ def _local() -> Backend:
         name="local",
         model=MODEL_ID,
         provider=provider,
-        server_env={"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": standin.base_url,
-                    "COPILOT_PROVIDER_TYPE": "openai", "COPILOT_MODEL": MODEL_ID},
+        server_env={
+            "COPILOT_OFFLINE": "true",
+            "COPILOT_PROVIDER_BASE_URL": standin.base_url,
+            "COPILOT_PROVIDER_TYPE": "openai",
+            "COPILOT_MODEL": MODEL_ID,
+        },
         server_remove_env=TOKEN_VARS + PROVIDER_VARS,
         standin=standin,
     )
@@ -109,7 +118,8 @@ def _github(env: dict[str, str]) -> Backend:
                 secret_values=[token],
             )
     raise BackendError(
-        "The github backend needs a token: set COPILOT_GITHUB_TOKEN, GH_TOKEN or GITHUB_TOKEN in the "
+        "The github backend needs a token: set COPILOT_GITHUB_TOKEN, GH_TOKEN or GITHUB_TOKEN "
+        "in the "
         "environment before starting Jupyter (never as a notebook parameter)."
     )
 
@@ -119,19 +129,26 @@ def _byok(env: dict[str, str]) -> Backend:
     model = env.get("COPILOT_MODEL") or ""
     if not base_url or not model:
         raise BackendError(
-            "The byok backend needs COPILOT_PROVIDER_BASE_URL (for example http://127.0.0.1:11434/v1) "
+            "The byok backend needs COPILOT_PROVIDER_BASE_URL "
+            "(for example http://127.0.0.1:11434/v1) "
             "and COPILOT_MODEL (for example llama3.2) in the environment."
         )
     kind = (env.get("COPILOT_PROVIDER_TYPE") or "openai").lower()
     if kind not in PROVIDER_TYPES:
-        raise BackendError(f"COPILOT_PROVIDER_TYPE is {kind!r}; the runtime accepts {', '.join(PROVIDER_TYPES)}.")
+        raise BackendError(
+            f"COPILOT_PROVIDER_TYPE is {kind!r}; the runtime accepts {', '.join(PROVIDER_TYPES)}."
+        )
     api_key = env.get("COPILOT_PROVIDER_API_KEY") or ""
     check_reachable(base_url)
     provider: dict[str, Any] = {"type": kind, "base_url": base_url}
     if api_key:
         provider["api_key"] = api_key
-    server_env = {"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": base_url,
-                  "COPILOT_PROVIDER_TYPE": kind, "COPILOT_MODEL": model}
+    server_env = {
+        "COPILOT_OFFLINE": "true",
+        "COPILOT_PROVIDER_BASE_URL": base_url,
+        "COPILOT_PROVIDER_TYPE": kind,
+        "COPILOT_MODEL": model,
+    }
     if api_key:
         server_env["COPILOT_PROVIDER_API_KEY"] = api_key
     return Backend(
@@ -153,5 +170,6 @@ def check_reachable(base_url: str, timeout: float = REACH_TIMEOUT_S) -> None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise BackendError(
-            f"The model endpoint {base_url} is not reachable ({reason}): start it, or fix COPILOT_PROVIDER_BASE_URL."
+            f"The model endpoint {base_url} is not reachable ({reason}): "
+            "start it, or fix COPILOT_PROVIDER_BASE_URL."
         ) from None

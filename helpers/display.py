@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import textwrap
@@ -38,7 +39,59 @@ def tidy_sdk_logging() -> None:
 
 def short(text: str | None, width: int = 100) -> str:
     """One line, shortened to ``width`` characters."""
-    return textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" …") or "(empty)"
+    return (
+        textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" …") or "(empty)"
+    )
+
+
+class NoReply(RuntimeError):
+    """The turn ended without an assistant message."""
+
+
+def text_of(event: object) -> str:
+    """The text of what ``send_and_wait`` returned; raise ``NoReply`` when it returned ``None``.
+
+    ``send_and_wait`` returns ``None`` when the session went idle without an assistant message
+    (for example a model that answered with nothing). Every cell reads replies through here.
+    """
+    if event is None:
+        raise NoReply("the turn ended without a reply from the model (send_and_wait returned None)")
+    return getattr(event.data, "content", None) or ""
+
+
+_SECRET_KEYS = ("api_key", "apikey", "token", "bearer", "password", "secret", "authorization")
+
+
+def redacted(value: object) -> object:
+    """A copy of ``value`` (dicts and lists, nested) with secret-looking keys' values as ``***``."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(s in str(k).lower() for s in _SECRET_KEYS) and v else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redacted(v) for v in value]
+    return value
+
+
+def session_options(options: dict[str, object]) -> None:
+    """Print the keyword arguments passed on create/resume, secrets redacted."""
+    for key, value in redacted(options).items():  # type: ignore[union-attr]
+        print(f"  {key} = {value!r}")
+
+
+def source(obj: object) -> None:
+    """Print the source code of a function or class, with where it is defined."""
+    print(f"# {relative(Path(inspect.getsourcefile(obj) or '?'))}")  # type: ignore[arg-type]
+    print(inspect.getsource(obj).rstrip())
+
+
+def session_leftovers(home: Path | None) -> list[str]:
+    """Every file a runtime home's ``session-state`` holds, dot-folders included."""
+    if home is None or not (Path(home) / "session-state").exists():
+        return []
+    state = Path(home) / "session-state"
+    return sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file())
 
 
 def reply(label: str, text: str | None) -> None:
@@ -71,7 +124,10 @@ def tree(root: Path, max_depth: int = 4, max_entries: int = 40) -> None:
         print("  …")
 
 
-def events(path: Path, types: Iterable[str] = ("session.start", "session.resume", "user.message", "assistant.message")) -> None:
+def events(
+    path: Path,
+    types: Iterable[str] = ("session.start", "session.resume", "user.message", "assistant.message"),
+) -> None:
     """Print the interesting lines of a session's ``events.jsonl``, one per event."""
     wanted = set(types)
     print(f"{relative(Path(path))}:")
@@ -84,28 +140,44 @@ def events(path: Path, types: Iterable[str] = ("session.start", "session.resume"
         print(f"  {event['timestamp'][11:19]}  {event['type']:<18} {short(str(detail), 70)}")
 
 
-def model_requests(model: StandInModel | None, last: int = 3) -> list[RequestRecord]:
-    """Print what the stand-in model received in its last requests; return those records."""
+def log_mark(model: StandInModel | None) -> int:
+    """The number of the stand-in's latest request (0 if none, or not the local backend)."""
+    if model is None or not model.requests:
+        return 0
+    return model.requests[-1].number
+
+
+def model_requests(model: StandInModel | None, since: int) -> list[RequestRecord]:
+    """Print what the stand-in model received after request number ``since``; return those."""
     if model is None:
         print("(only the local backend records what the model receives)")
         return []
-    records = list(model.requests)[-last:]
+    records = [record for record in model.requests if record.number > since]
     for record in records:
         tools = ", ".join(record.tool_names) or "none"
-        print(f"request #{record.number}: {len(record.user_messages)} user message(s), tools: {tools}")
+        print(
+            f"request #{record.number}: {len(record.user_messages)} user message(s), tools: {tools}"
+        )
         for index, text in enumerate(record.user_messages, 1):
             print(f"    user[{index}]: {short(text, 80)}")
     return records
 
 
-def file_contains(root: Path, needle: str) -> list[str]:
-    """Files under ``root`` whose bytes contain ``needle`` (case-insensitive)."""
+def file_contains(root: Path, *needles: str) -> list[str]:
+    """Files under ``root`` whose bytes contain any of ``needles`` (case-insensitive)."""
     hits = []
-    needle_bytes = needle.lower().encode()
+    wanted = [needle.lower().encode() for needle in needles if needle]
     for path in Path(root).rglob("*"):
-        if path.is_file() and needle_bytes in path.read_bytes().lower():
+        if path.is_file() and any(needle in path.read_bytes().lower() for needle in wanted):
             hits.append(relative(path))
     return hits
+
+
+def user_messages(events_path: Path) -> list[str]:
+    """The user messages recorded in a session's ``events.jsonl``, decoded from JSON."""
+    lines = Path(events_path).read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
 
 
 def table(rows: list[dict[str, object]]) -> None:
@@ -116,10 +188,10 @@ def table(rows: list[dict[str, object]]) -> None:
     headers = list(rows[0])
     cells = [[str(row.get(h, "")) for h in headers] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for c in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
 
 
 class Stopwatch:
@@ -128,7 +200,7 @@ class Stopwatch:
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
 
-    def lap(self, name: str) -> "_Lap":
+    def lap(self, name: str) -> _Lap:
         return _Lap(self, name)
 
 

@@ -1,22 +1,56 @@
-"""Where things live: the repository root and its ``tmp/`` folder."""
+"""Where things live: the repository root, its ``tmp/`` folder, and per-run folders in it."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TMP = REPO_ROOT / "tmp"
 LOGS = TMP / "logs"
+RUNS = TMP / "runs"
 
 
-def fresh_dir(path: Path) -> Path:
-    """Remove ``path`` if it exists (it must be inside ``tmp/``) and return it, absent."""
+class TmpNotWritable(OSError):
+    """The folder where runs keep their files cannot be written."""
+
+
+def remove_dir(path: Path) -> Path:
+    """Delete the folder ``path`` (it must be inside ``tmp/``) if it exists; return its path."""
     path = Path(path).resolve()
     if TMP.resolve() not in path.parents:
-        raise ValueError(f"refusing to remove {path}: only folders inside tmp/ are cleaned")
+        raise ValueError(f"refusing to remove {path}: only folders inside tmp/ are removed")
     shutil.rmtree(path, ignore_errors=True)
     return path
+
+
+def run_dir(name: str) -> Path:
+    """Create ``tmp/runs/<name>-<pid>-<random>/``, a folder only this run writes to.
+
+    Two runs at once never share a folder. Earlier folders of the same name are removed first when
+    their process is gone (a killed kernel) or is this one (Run All again in the same kernel), so
+    nothing piles up.
+    """
+    writable_dir(RUNS)
+    for old in RUNS.glob(f"{name}-*-*"):
+        pid = old.name.removeprefix(f"{name}-").split("-")[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = RUNS / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
+    writable_dir(folder)
+    return folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def relative(path: Path) -> str:
@@ -26,3 +60,20 @@ def relative(path: Path) -> str:
         return str(path.relative_to(REPO_ROOT))
     except ValueError:
         return str(path)
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed; say what it is for when it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{secrets.token_hex(3)}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise TmpNotWritable(
+            f"Cannot write to {path} ({exc.strerror or exc}). The tutorial keeps everything a run "
+            "writes (runtime logs, session state, executed notebooks) under the repository's tmp/ "
+            "folder: make it writable (for example `chmod -R u+w tmp`), or work in a writable "
+            "clone of the repository."
+        ) from None
+    return path

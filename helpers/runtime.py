@@ -15,12 +15,13 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import LOGS, REPO_ROOT, TMP
+from .paths import LOGS, REPO_ROOT, TMP, relative, writable_dir
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 _PORT_LINE = re.compile(r"listening on port (\d+)")
 _GUARD = Path(__file__).with_name("_guard.py")
+_OUR_ENV_NAMES = {"COPILOT_HOME", "COPILOT_CONNECTION_TOKEN"}
 
 
 class RuntimeNotFound(RuntimeError):
@@ -45,7 +46,9 @@ def find_runtime() -> Path:
         path = Path(explicit).expanduser()
         if path.is_file() and os.access(path, os.X_OK):
             return path
-        raise RuntimeNotFound(f"COPILOT_CLI_PATH is set to {explicit!r}, which is not an executable file.")
+        raise RuntimeNotFound(
+            f"COPILOT_CLI_PATH is set to {explicit!r}, which is not an executable file."
+        )
     for candidate in _node_modules_candidates():
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -53,7 +56,8 @@ def find_runtime() -> Path:
     if on_path:
         return Path(on_path)
     raise RuntimeNotFound(
-        "No Copilot runtime found. Run `npm ci` in the repository root (./verify.sh does it for you), "
+        "No Copilot runtime found. Run `npm ci` in the repository root "
+        "(./verify.sh does it for you), "
         "or set COPILOT_CLI_PATH to a `copilot` binary, or put `copilot` on your PATH."
     )
 
@@ -75,10 +79,14 @@ def _node_modules_candidates() -> list[Path]:
 def runtime_version(path: Path | None = None, timeout: float = 30.0) -> str:
     """Return the version the runtime reports with ``--version`` (e.g. ``"1.0.102"``)."""
     path = path or find_runtime()
-    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=timeout, check=False)
+    out = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, timeout=timeout, check=False
+    )
     match = re.search(r"(\d+\.\d+\.\d+(?:-[\w.]+)?)", out.stdout + out.stderr)
     if not match:
-        raise RuntimeError(f"could not read a version from `{path} --version`: {out.stdout or out.stderr!r}")
+        raise RuntimeError(
+            f"could not read a version from `{path} --version`: {out.stdout or out.stderr!r}"
+        )
     return match.group(1)
 
 
@@ -112,6 +120,7 @@ class RuntimeServer:
     """A Copilot runtime serving clients over TCP, started by us or attached to by URL."""
 
     url: str
+    command: list[str] = field(default_factory=list)
     token: str | None = field(default=None, repr=False)
     pid: int | None = None
     log_path: Path | None = None
@@ -121,6 +130,7 @@ class RuntimeServer:
     _env: dict[str, str] = field(default_factory=dict, repr=False)
     _binary: Path | None = field(default=None, repr=False)
     _secrets: list[str] = field(default_factory=list, repr=False)
+    _added_env: tuple[str, ...] = field(default=(), repr=False)
     _finalizer: weakref.finalize | None = field(default=None, repr=False)
 
     @property
@@ -146,16 +156,36 @@ class RuntimeServer:
             self._finalizer = None
         self._guard = None
 
-    def restart(self, timeout: float = START_TIMEOUT_S) -> "RuntimeServer":
+    def restart(self, timeout: float = START_TIMEOUT_S) -> RuntimeServer:
         """Stop the server and start a new one with the same binary, home and environment."""
         if not self.owned:
             raise RuntimeError("this server was attached by URL; restart it where it runs")
         self.stop()
         fresh = _launch(self._binary, self._env, self.home, self.token, self._secrets, timeout)  # type: ignore[arg-type]
         self.url, self.pid, self.log_path = fresh.url, fresh.pid, fresh.log_path
+        self.command = fresh.command
         self.startup_seconds, self._guard = fresh.startup_seconds, fresh._guard
         self._finalizer = weakref.finalize(self, _stop_guard, self._guard, self.pid)
         return self
+
+    def describe(self) -> str:
+        """The command line and the environment we set for the server, secret values as ``***``."""
+        if not self.owned:
+            return f"attached to {self.url}: started elsewhere, its command line is not ours"
+        secret_names = {"COPILOT_CONNECTION_TOKEN"}
+        secret_values = set(self._all_secrets())
+        shown = []
+        for name in sorted(_OUR_ENV_NAMES | set(self._added_env)):
+            if name not in self._env:
+                continue
+            value = self._env[name]
+            hidden = name in secret_names or value in secret_values or "KEY" in name
+            if name == "COPILOT_HOME":
+                value = relative(Path(value))
+            shown.append(f"  {name}={'***' if hidden else value}")
+        binary = relative(Path(self.command[0])) if self.command else "?"
+        lines = [f"command: {' '.join([binary, *self.command[1:]])}", "environment we set:", *shown]
+        return redact("\n".join(lines), self._all_secrets())
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the server log, secrets redacted."""
@@ -166,7 +196,7 @@ class RuntimeServer:
     def _all_secrets(self) -> list[str]:
         return [s for s in [self.token, *self._secrets] if s]
 
-    def __enter__(self) -> "RuntimeServer":
+    def __enter__(self) -> RuntimeServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -203,6 +233,7 @@ def start_server(
     home = Path(home or TMP / "copilot-home").resolve()
     token = secrets.token_urlsafe(24)
     server = _launch(binary, env, home, token, list(secret_values or []), timeout)
+    server._added_env = tuple(extra_env or {})
     server._finalizer = weakref.finalize(server, _stop_guard, server._guard, server.pid)
     return server
 
@@ -213,13 +244,26 @@ def attach_server(url: str, token: str | None = None) -> RuntimeServer:
         raise ValueError("attach_server needs a URL such as 127.0.0.1:4321")
     if token is None:
         token = os.environ.get("COPILOT_CONNECTION_TOKEN") or None
+    from . import watchdog
+
+    watchdog.install()
     return RuntimeServer(url=url, token=token)
 
 
-def _launch(binary: Path, env: dict[str, str], home: Path, token: str | None, secret_values: list[str], timeout: float) -> RuntimeServer:
+def _launch(
+    binary: Path,
+    env: dict[str, str],
+    home: Path,
+    token: str | None,
+    secret_values: list[str],
+    timeout: float,
+) -> RuntimeServer:
     """Spawn the guard and the server under it; wait for the announced port."""
-    home.mkdir(parents=True, exist_ok=True)
-    LOGS.mkdir(parents=True, exist_ok=True)
+    from . import watchdog
+
+    watchdog.install()
+    writable_dir(home)
+    writable_dir(LOGS)
     log_path = LOGS / f"runtime-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.log"
     log_path.touch()
     env = dict(env, COPILOT_HOME=str(home))
@@ -241,9 +285,13 @@ def _launch(binary: Path, env: dict[str, str], home: Path, token: str | None, se
         port = _wait_for_port(guard, log_path, started + timeout)
     except RuntimeStartError as exc:
         _stop_guard(guard, None)
-        raise RuntimeStartError(f"{exc}\nLog ({log_path}), last lines:\n{log_tail(log_path, 20, all_secrets)}") from None
+        raise RuntimeStartError(
+            f"{exc}\nLog ({log_path}), last lines:\n{log_tail(log_path, 20, all_secrets)}"
+        ) from None
+    watchdog.note_runtime(f"127.0.0.1:{port}", log_path)
     return RuntimeServer(
         url=f"127.0.0.1:{port}",
+        command=command,
         token=token,
         pid=pid,
         log_path=log_path,
@@ -272,7 +320,9 @@ def _wait_for_port(guard: subprocess.Popen[bytes], log_path: Path, deadline: flo
         if match:
             return int(match.group(1))
         if guard.poll() is not None:
-            raise RuntimeStartError(f"the Copilot runtime exited during start-up (exit code {guard.returncode})")
+            raise RuntimeStartError(
+                f"the Copilot runtime exited during start-up (exit code {guard.returncode})"
+            )
         if time.monotonic() > deadline:
             raise RuntimeStartError("the Copilot runtime did not announce its port in time")
         time.sleep(0.05)

@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .backends import Backend
-from .runtime import RuntimeServer, attach_server, expected_runtime_version, runtime_version, start_server
+from .runtime import (
+    RuntimeServer,
+    attach_server,
+    expected_runtime_version,
+    runtime_version,
+    start_server,
+)
 
 
 def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None) -> RuntimeServer:
-    """Start the shared runtime for ``backend`` (or attach to ``cli_url``) and print one line about it.
+    """Start the runtime for ``backend`` (or attach to ``cli_url``); print one line about it.
 
     Args:
         backend: The model backend; its settings go into the runtime's environment.
@@ -21,13 +27,40 @@ def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None)
     """
     if cli_url:
         server = attach_server(cli_url)
-        print(f"Attached to the shared runtime at {server.url} (token: {'set' if server.token else 'none'}).")
+        print(
+            f"Attached to the shared runtime at {server.url} "
+            f"(token: {'set' if server.token else 'none'})."
+        )
         return server
-    server = start_server(backend.server_env, home=home, remove_env=backend.server_remove_env,
-                          secret_values=backend.secret_values)
+    server = start_server(
+        backend.server_env,
+        home=home,
+        remove_env=backend.server_remove_env,
+        secret_values=backend.secret_values,
+    )
     installed, expected = runtime_version(), expected_runtime_version()
-    print(f"Shared runtime {installed} (this SDK expects {expected}) listening on {server.url}, "
-          f"started in {server.startup_seconds:.2f} s; log: tmp/logs/{server.log_path.name}.")
+    print(
+        f"Shared runtime {installed} (this SDK expects {expected}) listening on {server.url}, "
+        f"started in {server.startup_seconds:.2f} s; log: tmp/logs/{server.log_path.name}."
+    )
+    print(server.describe())
     if expected and installed != expected:
-        print(f"Warning: runtime {installed} is not the one this SDK was built for ({expected}); run `npm ci`.")
+        print(
+            f"Warning: runtime {installed} is not the one this SDK was built for ({expected}); "
+            "run `npm ci`."
+        )
     return server
+
+
+def versions() -> str:
+    """One line: the SDK's version, the runtime's, and the runtime this SDK expects."""
+    from importlib.metadata import version
+
+    try:
+        installed = runtime_version()
+    except Exception as exc:  # a missing runtime should not hide the other versions
+        installed = f"unavailable ({type(exc).__name__})"
+    return (
+        f"github-copilot-sdk {version('github-copilot-sdk')}, runtime @github/copilot {installed} "
+        f"(this SDK expects {expected_runtime_version()})"
+    )

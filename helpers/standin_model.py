@@ -23,7 +23,10 @@ LOG_LIMIT = 200
 MAX_BODY = 8 * 1024 * 1024
 
 _WRAPPER = re.compile(r"<(?P<tag>[a-zA-Z_][\w-]*)>.*?</(?P=tag)>", re.DOTALL)
-_FILE_NAME = re.compile(r"(?:(?<=\s)|(?<=^)|(?<=[`(\[]))((?:[A-Za-z]:)?[\w./\\~-]*[\w-]\.[A-Za-z0-9]{1,8})(?![\w/\\])", re.M)
+_FILE_NAME = re.compile(
+    r"(?:(?<=\s)|(?<=^)|(?<=[`(\[]))((?:[A-Za-z]:)?[\w./\\~-]*[\w-]\.[A-Za-z0-9]{1,8})(?![\w/\\])",
+    re.M,
+)
 _QUOTED = re.compile(r"\"([^\"]*)\"|“([^”]*)”|'([^']+)'(?!\w)")
 
 
@@ -57,6 +60,13 @@ class BadRequest(ValueError):
 # Understanding the conversation
 # ---------------------------------------------------------------------------
 
+# "Wait 3 seconds, then ...": answer the rest after a pause (to show timeouts and abort).
+_WAIT = re.compile(
+    r"^\s*wait\s+(?P<seconds>\d+(?:\.\d+)?)\s*s(?:ec(?:ond)?s?)?\s*[,.;:]?\s*(?:then\s+)?(?P<rest>.*)$",
+    re.I | re.S,
+)
+MAX_WAIT_S = 60.0
+
 _FACT_PATTERNS = [
     # "remember: the codename is X", "remember that my favourite colour is blue"
     re.compile(r"^\s*(?:please\s+)?remember(?:\s+that)?\s*[:,-]?\s*(?P<fact>.+)$", re.I | re.S),
@@ -68,15 +78,54 @@ _FACT_SPLIT = re.compile(
     re.I | re.S,
 )
 _QUESTION = re.compile(
-    r"^\s*(?:(?:so|and|ok|okay)[,\s]+)?(?:what(?:'s| is| are| was)|which|tell me|do you (?:know|remember)|"
+    r"^\s*(?:(?:so|and|ok|okay)[,\s]+)?(?:what(?:'s| is| are| was)|which|tell me|"
+    r"do you (?:know|remember)|"
     r"can you (?:tell|remind)|remind me)\b(?P<rest>.*)$",
     re.I | re.S,
 )
 _STOP_WORDS = {
-    "the", "my", "our", "your", "a", "an", "of", "is", "are", "was", "what", "which", "me",
-    "do", "you", "know", "remember", "tell", "remind", "can", "that", "this", "please",
-    "about", "again", "there", "any", "so", "and", "ok", "okay", "it", "to", "we", "us",
-    "i", "for", "from", "in", "on", "earlier", "before",
+    "the",
+    "my",
+    "our",
+    "your",
+    "a",
+    "an",
+    "of",
+    "is",
+    "are",
+    "was",
+    "what",
+    "which",
+    "me",
+    "do",
+    "you",
+    "know",
+    "remember",
+    "tell",
+    "remind",
+    "can",
+    "that",
+    "this",
+    "please",
+    "about",
+    "again",
+    "there",
+    "any",
+    "so",
+    "and",
+    "ok",
+    "okay",
+    "it",
+    "to",
+    "we",
+    "us",
+    "i",
+    "for",
+    "from",
+    "in",
+    "on",
+    "earlier",
+    "before",
 }
 
 
@@ -148,7 +197,10 @@ def parse_file_tasks(text: str) -> list[FileTask]:
         return f"\x00{len(quotes) - 1}\x00"
 
     masked = _QUOTED.sub(_stash, text)
-    clauses = re.split(r"(?:[.;!?]\s+|\n+|,?\s+(?:and\s+)?then\s+|,\s+and\s+|\s+and\s+(?=(?:list|read|show|open)\b))", masked)
+    clauses = re.split(
+        r"(?:[.;!?]\s+|\n+|,?\s+(?:and\s+)?then\s+|,\s+and\s+|\s+and\s+(?=(?:list|read|show|open)\b))",
+        masked,
+    )
     for clause in clauses:
         if not clause.strip():
             continue
@@ -167,13 +219,18 @@ def parse_file_tasks(text: str) -> list[FileTask]:
 
 
 def _unquoted_content(clause: str) -> str:
-    match = re.search(r"\b(?:containing|with(?: the)? (?:text|content|contents|line))\s*:?\s*(.+)$", clause, re.I | re.S)
+    match = re.search(
+        r"\b(?:containing|with(?: the)? (?:text|content|contents|line))\s*:?\s*(.+)$",
+        clause,
+        re.I | re.S,
+    )
     return match.group(1).strip() if match else ""
 
 
 # ---------------------------------------------------------------------------
 # Tools declared by the request
 # ---------------------------------------------------------------------------
+
 
 def _tool_for(kind: str, tools: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Pick the declared function tool that fits a task kind, by its name."""
@@ -206,6 +263,7 @@ def _arguments_for(task: FileTask, tool: dict[str, Any]) -> dict[str, Any]:
 # Composing the answer
 # ---------------------------------------------------------------------------
 
+
 @dataclass
 class Reply:
     """What the model says: text, or tool calls to make."""
@@ -213,6 +271,7 @@ class Reply:
     kind: str
     text: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    delay_s: float = 0.0
 
 
 def _conversation(messages: list[dict[str, Any]]) -> tuple[list[str], int]:
@@ -231,7 +290,7 @@ def _calls_since(messages: list[dict[str, Any]], start: int) -> tuple[int, list[
     made = 0
     names: dict[str, str] = {}
     results: list[tuple[str, str]] = []
-    for message in messages[start + 1:]:
+    for message in messages[start + 1 :]:
         if message.get("role") == "assistant":
             for call in message.get("tool_calls") or []:
                 made += 1
@@ -250,10 +309,30 @@ def compose_reply(request: dict[str, Any]) -> Reply:
     for message in messages:
         if not isinstance(message, dict) or "role" not in message:
             raise BadRequest("every message needs a 'role'")
-    tools = [t for t in request.get("tools") or [] if isinstance(t, dict) and t.get("type", "function") == "function"]
+    tools = [
+        t
+        for t in request.get("tools") or []
+        if isinstance(t, dict) and t.get("type", "function") == "function"
+    ]
     user_texts, last_user = _conversation(messages)
     if not user_texts:
         return Reply("text", "Hello! Ask me something, or ask me to remember a fact.")
+    wait = _WAIT.match(user_texts[-1])
+    if wait:
+        user_texts[-1] = wait["rest"] or "Hello"
+        reply = _reply_to(user_texts, tools, messages, last_user)
+        reply.delay_s = min(float(wait["seconds"]), MAX_WAIT_S)
+        return reply
+    return _reply_to(user_texts, tools, messages, last_user)
+
+
+def _reply_to(
+    user_texts: list[str],
+    tools: list[dict[str, Any]],
+    messages: list[dict[str, Any]],
+    last_user: int,
+) -> Reply:
+    """The answer to the latest user text, given the conversation and the tools offered."""
     latest = user_texts[-1]
 
     tasks = parse_file_tasks(latest)
@@ -263,7 +342,9 @@ def compose_reply(request: dict[str, Any]) -> Reply:
     fact = parse_fact(latest)
     if fact:
         key, value = fact
-        return Reply("remember", f"Noted: the {key} is {value}. I will keep it in this conversation.")
+        return Reply(
+            "remember", f"Noted: the {key} is {value}. I will keep it in this conversation."
+        )
 
     subject = parse_question(latest)
     if subject:
@@ -271,17 +352,33 @@ def compose_reply(request: dict[str, Any]) -> Reply:
         for key, value in reversed(known):
             if _keys_match(subject, key):
                 return Reply("recall", f"The {key} is {value}.")
-        return Reply("unknown", f"I don't have any information about the {subject} in this conversation.")
+        return Reply(
+            "unknown", f"I don't have any information about the {subject} in this conversation."
+        )
 
     return Reply(
         "default",
         "I'm the tutorial's stand-in model. I can remember facts you tell me "
-        "(\"remember: the codename is X\"), answer questions about them, and work with files "
+        '("remember: the codename is X"), answer questions about them, and work with files '
         "when the session gives me file tools.",
     )
 
 
-def _file_reply(tasks: list[FileTask], tools: list[dict[str, Any]], messages: list[dict[str, Any]], last_user: int) -> Reply:
+# How a tool result reads when the call did not do what was asked: our own refusals, the runtime's
+# words for a raised exception, a denied permission, a built-in that got no arguments.
+_FAILED = re.compile(
+    r"^(?:Refused\b|No file named\b|Failed to execute\b|Permission denied\b|"
+    r"The user rejected\b|Error\b|Tool execution failed\b)",
+    re.I,
+)
+
+
+def _file_reply(
+    tasks: list[FileTask],
+    tools: list[dict[str, Any]],
+    messages: list[dict[str, Any]],
+    last_user: int,
+) -> Reply:
     made, results = _calls_since(messages, last_user)
     if made < len(tasks):
         task = tasks[made]
@@ -290,21 +387,34 @@ def _file_reply(tasks: list[FileTask], tools: list[dict[str, Any]], messages: li
             offered = ", ".join(t["function"].get("name", "?") for t in tools) or "none"
             return Reply(
                 "no-tool",
-                f"I can't {task.kind} files here: this session gives me no tool for that (tools offered: {offered}).",
+                f"I can't {task.kind} files here: this session gives me no tool for that "
+                f"(tools offered: {offered}).",
             )
         call = {
             "id": f"call_{uuid.uuid4().hex[:12]}",
             "type": "function",
-            "function": {"name": tool["function"]["name"], "arguments": json.dumps(_arguments_for(task, tool))},
+            "function": {
+                "name": tool["function"]["name"],
+                "arguments": json.dumps(_arguments_for(task, tool)),
+            },
         }
         return Reply("tool-call", tool_calls=[call])
     lines = [f"- {name}: {text.strip()}" for name, text in results]
-    return Reply("tool-report", "Done. Here is what the tools returned:\n" + "\n".join(lines))
+    failed = [name for name, text in results if _FAILED.match(text.strip())]
+    if not failed:
+        return Reply("tool-report", "Done. Here is what the tools returned:\n" + "\n".join(lines))
+    summary = (
+        "That did not work"
+        if len(failed) == len(results)
+        else f"Part of that did not work ({', '.join(failed)} failed)"
+    )
+    return Reply("tool-report", f"{summary}. Here is what the tools returned:\n" + "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------
 # HTTP server
 # ---------------------------------------------------------------------------
+
 
 @dataclass
 class RequestRecord:
@@ -322,7 +432,11 @@ class RequestRecord:
 def _usage(request: dict[str, Any], text: str) -> dict[str, int]:
     prompt = sum(len(_content_text(m.get("content")).split()) for m in request.get("messages", []))
     completion = len(text.split())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 class StandInModel:
@@ -348,14 +462,16 @@ class StandInModel:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def start(self) -> "StandInModel":
+    def start(self) -> StandInModel:
         """Start serving on a free port (or the one given) and return self."""
         if self._server is not None:
             return self
         handler = _make_handler(self)
         self._server = ThreadingHTTPServer((self._host, self._port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="stand-in-model", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="stand-in-model", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -370,7 +486,7 @@ class StandInModel:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> "StandInModel":
+    def __enter__(self) -> StandInModel:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -385,15 +501,23 @@ class StandInModel:
         user_texts, _ = _conversation(request.get("messages", []))
         with self._lock:
             self._count += 1
-            self.requests.append(RequestRecord(
-                number=self._count,
-                stream=bool(request.get("stream")),
-                user_messages=user_texts,
-                tool_names=[t.get("function", {}).get("name", "?") for t in request.get("tools") or []],
-                tool_results=[_content_text(m.get("content")) for m in request.get("messages", []) if m.get("role") == "tool"],
-                reply_kind=reply.kind,
-                reply_text=reply.text,
-            ))
+            self.requests.append(
+                RequestRecord(
+                    number=self._count,
+                    stream=bool(request.get("stream")),
+                    user_messages=user_texts,
+                    tool_names=[
+                        t.get("function", {}).get("name", "?") for t in request.get("tools") or []
+                    ],
+                    tool_results=[
+                        _content_text(m.get("content"))
+                        for m in request.get("messages", [])
+                        if m.get("role") == "tool"
+                    ],
+                    reply_kind=reply.kind,
+                    reply_text=reply.text,
+                )
+            )
 
 
 def _make_handler(model: StandInModel) -> type[BaseHTTPRequestHandler]:
@@ -412,12 +536,27 @@ def _make_handler(model: StandInModel) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def _error(self, status: int, message: str) -> None:
-            self._send_json(status, {"error": {"message": message, "type": "invalid_request_error", "code": status}})
+            self._send_json(
+                status,
+                {"error": {"message": message, "type": "invalid_request_error", "code": status}},
+            )
 
         def do_GET(self) -> None:  # noqa: N802 - stdlib naming
             if self.path.rstrip("/") in ("/v1/models", "/models"):
-                self._send_json(200, {"object": "list", "data": [
-                    {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "copilot-tutorial"}]})
+                self._send_json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {
+                                "id": MODEL_ID,
+                                "object": "model",
+                                "created": 0,
+                                "owned_by": "copilot-tutorial",
+                            }
+                        ],
+                    },
+                )
             else:
                 self._error(404, f"no route for GET {self.path}")
 
@@ -445,6 +584,8 @@ def _make_handler(model: StandInModel) -> type[BaseHTTPRequestHandler]:
                 self._error(400, str(exc))
                 return
             model._record(request, reply)
+            if reply.delay_s:
+                time.sleep(reply.delay_s)
             if request.get("stream"):
                 self._stream(request, reply)
             else:
@@ -454,15 +595,23 @@ def _make_handler(model: StandInModel) -> type[BaseHTTPRequestHandler]:
             message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
             if reply.tool_calls:
                 message["tool_calls"] = reply.tool_calls
-            self._send_json(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": request.get("model") or MODEL_ID,
-                "choices": [{"index": 0, "message": message,
-                             "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
-                "usage": _usage(request, reply.text),
-            })
+            self._send_json(
+                200,
+                {
+                    "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model") or MODEL_ID,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": message,
+                            "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                        }
+                    ],
+                    "usage": _usage(request, reply.text),
+                },
+            )
 
         def _stream(self, request: dict[str, Any], reply: Reply) -> None:
             self.send_response(200)
@@ -471,26 +620,51 @@ def _make_handler(model: StandInModel) -> type[BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            base = {"id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion.chunk",
-                    "created": int(time.time()), "model": request.get("model") or MODEL_ID}
+            base = {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": request.get("model") or MODEL_ID,
+            }
 
             def event(choices: list[dict[str, Any]], **extra: Any) -> None:
-                self.wfile.write(b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n")
+                self.wfile.write(
+                    b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
+                )
 
-            event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            event(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+            )
             if reply.tool_calls:
                 for index, call in enumerate(reply.tool_calls):
-                    head = {"index": index, "id": call["id"], "type": "function",
-                            "function": {"name": call["function"]["name"], "arguments": ""}}
+                    head = {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }
                     event([{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}])
                     args = call["function"]["arguments"]
                     for start in range(0, len(args), 24):
-                        piece = {"index": index, "function": {"arguments": args[start:start + 24]}}
-                        event([{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}])
+                        piece = {
+                            "index": index,
+                            "function": {"arguments": args[start : start + 24]},
+                        }
+                        event(
+                            [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]
+                        )
             else:
                 for word in re.findall(r"\S+\s*|\s+", reply.text):
                     event([{"index": 0, "delta": {"content": word}, "finish_reason": None}])
-            event([{"index": 0, "delta": {}, "finish_reason": "tool_calls" if reply.tool_calls else "stop"}])
+            event(
+                [
+                    {
+                        "index": 0,
+                        "delta": {},
+                        "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                    }
+                ]
+            )
             if (request.get("stream_options") or {}).get("include_usage"):
                 event([], usage=_usage(request, reply.text))
             self.wfile.write(b"data: [DONE]\n\n")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import unicodedata
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 MAX_FILE_BYTES = 64 * 1024
 MAX_FILES = 100
@@ -18,7 +19,9 @@ class VfsError(ValueError):
 class VirtualFS:
     """One user's files. Every method is thread-safe; a refused call changes nothing."""
 
-    def __init__(self, owner: str, max_file_bytes: int = MAX_FILE_BYTES, max_files: int = MAX_FILES) -> None:
+    def __init__(
+        self, owner: str, max_file_bytes: int = MAX_FILE_BYTES, max_files: int = MAX_FILES
+    ) -> None:
         self.owner = owner
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
@@ -45,10 +48,15 @@ class VirtualFS:
             raise VfsError("The content must be text.")
         size = len(content.encode("utf-8"))
         if size > self.max_file_bytes:
-            raise VfsError(f"Refused: {clean} would be {size} bytes; the limit is {self.max_file_bytes} bytes per file.")
+            raise VfsError(
+                f"Refused: {clean} would be {size} bytes; "
+                f"the limit is {self.max_file_bytes} bytes per file."
+            )
         with self._lock:
             if clean not in self._files and len(self._files) >= self.max_files:
-                raise VfsError(f"Refused: this user already has {self.max_files} files, the most allowed.")
+                raise VfsError(
+                    f"Refused: this user already has {self.max_files} files, the most allowed."
+                )
             created = clean not in self._files
             self._files[clean] = content
         return f"{'Created' if created else 'Replaced'} {clean} ({size} bytes)."
@@ -58,7 +66,9 @@ class VirtualFS:
         clean = check_path(path)
         with self._lock:
             if clean not in self._files:
-                raise VfsError(f"No file named {clean}. Use list_files to see the files that exist.")
+                raise VfsError(
+                    f"No file named {clean}. Use list_files to see the files that exist."
+                )
             return self._files[clean]
 
     def list(self) -> list[str]:
@@ -67,12 +77,28 @@ class VirtualFS:
             return sorted(self._files)
 
 
+# Cc: controls (C0, DEL, C1); Cf: format (zero-width, bidi overrides and isolates, BOM);
+# Co/Cs/Cn: private use, surrogates, unassigned; Zl/Zp: line and paragraph separators.
+_INVISIBLE_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
+
+
 def check_path(path: object) -> str:
-    """Return the path if it is a safe relative POSIX path inside the user's root, else raise VfsError."""
+    """Return the path, NFC-normalised, if it is a safe relative path, else raise VfsError.
+
+    Names that look alike must be one file: ``é`` typed as one code point (NFC) or as ``e`` plus
+    a combining accent (NFD) are stored under the NFC form, and characters that print nothing or
+    reorder text (controls, zero-width, bidirectional overrides) are refused.
+    """
     if not isinstance(path, str) or not path.strip():
         raise VfsError("Refused: the path is empty. Give a relative path such as notes.md.")
-    if "\x00" in path or any(ord(ch) < 32 for ch in path):
-        raise VfsError("Refused: the path contains control characters.")
+    for ch in path:
+        if unicodedata.category(ch) in _INVISIBLE_CATEGORIES:
+            name = unicodedata.name(ch, "a control character")
+            raise VfsError(
+                f"Refused: the path contains U+{ord(ch):04X} ({name}), which prints nothing or "
+                "reorders text; use visible characters only."
+            )
+    path = unicodedata.normalize("NFC", path)
     if "\\" in path:
         raise VfsError("Refused: use forward slashes (/) in paths, not backslashes.")
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
@@ -81,7 +107,10 @@ def check_path(path: object) -> str:
         raise VfsError(f"Refused: the path is longer than {MAX_PATH_CHARS} characters.")
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise VfsError(f"Refused: {path!r} has an empty, '.' or '..' part; paths may not leave your own folder.")
+        raise VfsError(
+            f"Refused: {path!r} has an empty, '.' or '..' part; "
+            "paths may not leave your own folder."
+        )
     if path != path.strip():
         raise VfsError("Refused: the path starts or ends with spaces.")
     return path

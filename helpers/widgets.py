@@ -1,13 +1,17 @@
-"""'Try it yourself' panels: ipywidgets in JupyterLab, plain text everywhere else."""
+"""'Try it yourself' panels: ipywidgets in JupyterLab, a plain-text transcript everywhere else."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import ipywidgets as w
 from IPython.display import display
+
+FALLBACK = "(The 'Try it yourself' panel: open this notebook in JupyterLab to use it.)"
 
 
 @dataclass
@@ -21,59 +25,114 @@ class Answer:
     where: str
 
     def as_text(self) -> str:
-        return (f"User {self.user} asked: {self.message}\n"
-                f"  answered by session {self.session_id} ({self.where})\n"
-                f"  reply: {self.reply}")
+        reply = textwrap.indent(self.reply or "(empty reply)", "    ").lstrip()
+        return (
+            f"User {self.user} asked: {self.message}\n"
+            f"  answered by session {self.session_id} ({self.where})\n"
+            f"  reply: {reply}"
+        )
 
 
 AskFn = Callable[[str, str], Awaitable[Answer]]
 
 
 class ChatPanel:
-    """Pick a user, type a message, send it through ``ask``; shows the reply and who answered."""
+    """Pick a user, type a message, send it through ``ask``; shows the reply and who answered.
 
-    def __init__(self, users: list[str], ask: AskFn, placeholder: str = "Type a message",
-                 extra: Callable[[str], str] | None = None) -> None:
+    The SDK client belongs to the event loop of the cell that created the panel. JupyterLab (4.6,
+    with ipykernel 7) delivers button clicks on a kernel subshell thread with a loop of its own,
+    so a click hands its request to the panel's loop instead of running it where it arrives.
+    """
+
+    def __init__(
+        self,
+        users: list[str],
+        ask: AskFn,
+        placeholder: str = "Type a message",
+        extra: Callable[[str], str] | None = None,
+    ) -> None:
         self._ask = ask
         self._extra = extra
+        self._loop = _running_loop()
+        self.transcript: list[str] = []
         self.user = w.Dropdown(options=users, description="User")
-        self.message = w.Text(placeholder=placeholder, description="Message", layout=w.Layout(width="60%"))
+        self.message = w.Text(
+            placeholder=placeholder, description="Message", layout=w.Layout(width="60%")
+        )
         self.button = w.Button(description="Send", button_style="primary")
         self.output = w.Output()
-        self.pending: asyncio.Task[Answer | None] | None = None
+        self.pending: asyncio.Future[Answer | None] | concurrent.futures.Future | None = None
         self.button.on_click(self._on_click)
+        self.box = w.VBox([w.HBox([self.user, self.message, self.button]), self.output])
+        self._handle = None
 
     def widget(self) -> w.Widget:
-        return w.VBox([w.HBox([self.user, self.message, self.button]), self.output])
+        return self.box
 
     def show(self) -> None:
-        """Display the panel (in JupyterLab it is interactive; headless it is just recorded)."""
-        display(self.widget())
+        """Display the panel: a live widget in JupyterLab, the transcript as text elsewhere."""
+        self._handle = display(self._bundle(), raw=True, display_id=True)
 
-    async def send(self, user: str, message: str, echo: bool = True) -> Answer | None:
-        """Send one message as ``user``; show the result as text (printed too when ``echo``); never raises."""
+    async def send(self, user: str, message: str) -> Answer | None:
+        """Send one message as ``user`` from code and show the result; never raises."""
+        return await self._send(user, message, from_cell=True)
+
+    async def _send(self, user: str, message: str, from_cell: bool) -> Answer | None:
         try:
             answer = await self._ask(user, message)
         except Exception as exc:  # shown to the learner, the panel stays usable
             text = f"User {user}: the request failed: {type(exc).__name__}: {exc}"
-            self._show(text, echo)
+            self._show(text, user, from_cell)
             return None
         text = answer.as_text()
         if self._extra is not None:
             text += "\n" + self._extra(user)
-        self._show(text, echo)
+        self._show(text, user, from_cell)
         return answer
 
-    def _show(self, text: str, echo: bool) -> None:
-        if echo:
-            print(text)
+    def _show(self, text: str, user: str, from_cell: bool) -> None:
+        """Append one result (once, newest last) and point the picker at its user.
+
+        A send from a cell also refreshes the text form of the panel, which is what a headless
+        run records; a click only appends to the live widget.
+        """
+        self.transcript.append(text)
         self.output.append_stdout(text + "\n")
+        if user in self.user.options:
+            self.user.value = user
+        if from_cell and self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
+
+    def _bundle(self) -> dict[str, object]:
+        return {
+            "text/plain": "\n".join(self.transcript) or FALLBACK,
+            "application/vnd.jupyter.widget-view+json": {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": self.box.model_id,
+            },
+        }
 
     def _on_click(self, _button: w.Button) -> None:
         message = self.message.value.strip()
         if not message or (self.pending is not None and not self.pending.done()):
             return
         self.button.disabled = True
-        task = asyncio.ensure_future(self.send(self.user.value, message, echo=False))
-        task.add_done_callback(lambda _t: setattr(self.button, "disabled", False))
-        self.pending = task
+        request = self._send(self.user.value, message, from_cell=False)
+        if self._loop is not None and _running_loop() is not self._loop:
+            future = asyncio.run_coroutine_threadsafe(request, self._loop)
+        else:
+            future = asyncio.ensure_future(request)
+        future.add_done_callback(self._finished)
+        self.pending = future
+
+    def _finished(self, _future: object) -> None:
+        self.button.disabled = False
+        self.message.value = ""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

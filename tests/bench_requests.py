@@ -1,4 +1,4 @@
-"""Benchmark: what each pattern costs per request on one shared runtime (prints figures, asserts nothing).
+"""Benchmark: what each pattern costs per request on one shared runtime (prints figures only).
 
 Run: .venv/bin/python tests/bench_requests.py [--requests 40] [--concurrency 1 4 8]
 Uses the local stand-in model, which answers at once, so the figures are SDK + runtime cost.
@@ -9,17 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from copilot import CopilotClient
 
-from copilot import CopilotClient  # noqa: E402
-
-from helpers.backends import choose_backend  # noqa: E402
-from helpers.paths import TMP, fresh_dir  # noqa: E402
-from helpers.runtime import start_server  # noqa: E402
+from helpers.backends import choose_backend
+from helpers.paths import TMP, remove_dir
+from helpers.runtime import start_server
 
 TIMEOUT = 60
 
@@ -27,7 +23,8 @@ TIMEOUT = 60
 def summary(label: str, samples_ms: list[float]) -> str:
     samples = sorted(samples_ms)
     p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
-    return f"{label:<34} n={len(samples):<4} median {statistics.median(samples):7.1f} ms   p95 {p95:7.1f} ms"
+    median = statistics.median(samples)
+    return f"{label:<34} n={len(samples):<4} median {median:7.1f} ms   p95 {p95:7.1f} ms"
 
 
 async def ephemeral(client: CopilotClient, kwargs: dict, laps: dict[str, list[float]]) -> None:
@@ -39,18 +36,27 @@ async def ephemeral(client: CopilotClient, kwargs: dict, laps: dict[str, list[fl
     await session.disconnect()
     await client.delete_session(session.session_id)
     t3 = time.perf_counter()
-    for name, value in (("create", t1 - t0), ("turn", t2 - t1), ("disconnect+delete", t3 - t2), ("total", t3 - t0)):
+    for name, value in (
+        ("create", t1 - t0),
+        ("turn", t2 - t1),
+        ("disconnect+delete", t3 - t2),
+        ("total", t3 - t0),
+    ):
         laps[name].append(value * 1000)
 
 
 async def main(requests: int, concurrency: list[int]) -> None:
     backend = choose_backend("local", env={})
-    server = start_server(backend.server_env, home=TMP / "bench-home", remove_env=backend.server_remove_env)
+    server = start_server(
+        backend.server_env, home=TMP / "bench-home", remove_env=backend.server_remove_env
+    )
     kwargs = backend.session_kwargs()
     print(f"runtime started in {server.startup_seconds:.2f} s")
     try:
         async with CopilotClient(mode="empty", connection=server.connection()) as client:
-            laps: dict[str, list[float]] = {k: [] for k in ("create", "turn", "disconnect+delete", "total")}
+            laps: dict[str, list[float]] = {
+                k: [] for k in ("create", "turn", "disconnect+delete", "total")
+            }
             await ephemeral(client, kwargs, {k: [] for k in laps})  # warm-up
             for _ in range(requests):
                 await ephemeral(client, kwargs, laps)
@@ -58,9 +64,10 @@ async def main(requests: int, concurrency: list[int]) -> None:
             for name, samples in laps.items():
                 print("  " + summary(name, samples))
 
-            folder = fresh_dir(TMP / "bench-user")
-            session = await client.create_session(session_id="bench-long", config_directory=str(folder),
-                                                  available_tools=[], **kwargs)
+            folder = remove_dir(TMP / "bench-user")
+            session = await client.create_session(
+                session_id="bench-long", config_directory=str(folder), available_tools=[], **kwargs
+            )
             await session.send_and_wait("Remember: the codename is BENCH.", timeout=TIMEOUT)
             turns, resumes = [], []
             for _ in range(requests):
@@ -70,14 +77,15 @@ async def main(requests: int, concurrency: list[int]) -> None:
             await session.disconnect()
             for _ in range(min(requests, 20)):
                 t0 = time.perf_counter()
-                again = await client.resume_session("bench-long", config_directory=str(folder),
-                                                    available_tools=[], **kwargs)
+                again = await client.resume_session(
+                    "bench-long", config_directory=str(folder), available_tools=[], **kwargs
+                )
                 resumes.append((time.perf_counter() - t0) * 1000)
                 await again.disconnect()
             print("\nLong-lived: one session kept on disk")
             print("  " + summary("warm turn (history grows)", turns))
             print("  " + summary("resume_session", resumes))
-            fresh_dir(folder)
+            remove_dir(folder)
 
             print("\nShort-lived throughput through one runtime")
             for level in concurrency:
@@ -86,18 +94,20 @@ async def main(requests: int, concurrency: list[int]) -> None:
                 started = time.perf_counter()
                 gate = asyncio.Semaphore(level)
 
-                async def one() -> None:
+                async def one(gate: asyncio.Semaphore, sink: dict[str, list[float]]) -> None:
                     async with gate:
                         await ephemeral(client, kwargs, sink)
 
-                await asyncio.gather(*(one() for _ in range(total)))
+                await asyncio.gather(*(one(gate, sink) for _ in range(total)))
                 elapsed = time.perf_counter() - started
-                print(f"  {level:>2} at once: {total / elapsed:5.1f} requests/s, "
-                      f"median latency {statistics.median(sink['total']):6.0f} ms")
+                print(
+                    f"  {level:>2} at once: {total / elapsed:5.1f} requests/s, "
+                    f"median latency {statistics.median(sink['total']):6.0f} ms"
+                )
     finally:
         server.stop()
         backend.close()
-        fresh_dir(TMP / "bench-home")
+        remove_dir(TMP / "bench-home")
 
 
 if __name__ == "__main__":

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from helpers.backends import Backend, choose_backend
+from helpers.runtime import RuntimeServer, start_server
 
-from helpers.backends import Backend, choose_backend  # noqa: E402
-from helpers.runtime import RuntimeServer, start_server  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,9 @@ def test_default_is_local_offline_without_tokens() -> None:
 def test_github_token_goes_to_the_server_only() -> None:
     backend = choose_backend("github", env={"GH_TOKEN": "ghp_secret_value"})
     assert backend.server_env == {"GH_TOKEN": "ghp_secret_value"}
-    assert "ghp_secret_value" not in repr(backend) + backend.describe() + str(backend.session_kwargs())
+    assert "ghp_secret_value" not in repr(backend) + backend.describe() + str(
+        backend.session_kwargs()
+    )
     assert backend.secret_values == ["ghp_secret_value"]
 
 
@@ -51,8 +53,14 @@ def test_byok_needs_url_and_model() -> None:
 
 def test_byok_rejects_unknown_provider_type() -> None:
     with pytest.raises(BackendError, match="COPILOT_PROVIDER_TYPE"):
-        choose_backend("byok", env={"COPILOT_PROVIDER_BASE_URL": "http://127.0.0.1:1/v1",
-                                    "COPILOT_MODEL": "m", "COPILOT_PROVIDER_TYPE": "bogus"})
+        choose_backend(
+            "byok",
+            env={
+                "COPILOT_PROVIDER_BASE_URL": "http://127.0.0.1:1/v1",
+                "COPILOT_MODEL": "m",
+                "COPILOT_PROVIDER_TYPE": "bogus",
+            },
+        )
 
 
 def test_byok_endpoint_down_is_a_clear_error() -> None:
@@ -63,8 +71,16 @@ def test_byok_endpoint_down_is_a_clear_error() -> None:
 
 def test_byok_against_a_live_endpoint_keeps_the_key_secret() -> None:
     with StandInModel() as model:
-        backend = choose_backend("byok", env={"COPILOT_PROVIDER_BASE_URL": model.base_url, "COPILOT_MODEL": "m",
-                                              "COPILOT_PROVIDER_API_KEY": "sk-very-secret"})
-        assert backend.session_kwargs() == {"model": "m", "provider": {
-            "type": "openai", "base_url": model.base_url, "api_key": "sk-very-secret"}}
+        backend = choose_backend(
+            "byok",
+            env={
+                "COPILOT_PROVIDER_BASE_URL": model.base_url,
+                "COPILOT_MODEL": "m",
+                "COPILOT_PROVIDER_API_KEY": "sk-very-secret",
+            },
+        )
+        assert backend.session_kwargs() == {
+            "model": "m",
+            "provider": {"type": "openai", "base_url": model.base_url, "api_key": "sk-very-secret"},
+        }
         assert "sk-very-secret" not in repr(backend) + backend.describe()

@@ -1,4 +1,4 @@
-"""Long-lived sessions against the real runtime: create, resume elsewhere, isolation, restarts, tokens."""
+"""Long-lived sessions on the real runtime: create, resume elsewhere, isolation, restarts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from copilot import CopilotClient, RuntimeConnection
 
 from helpers.backends import choose_backend
 from helpers.display import file_contains
-from helpers.paths import TMP, fresh_dir
+from helpers.paths import TMP, remove_dir
 from helpers.runtime import RuntimeServer, start_server
 from helpers.standin_model import StandInModel
 
@@ -17,20 +17,24 @@ TIMEOUT = 60
 
 def client_for(server: RuntimeServer, token: str | None = "use-server") -> CopilotClient:
     token = server.token if token == "use-server" else token
-    return CopilotClient(mode="empty", connection=RuntimeConnection.for_uri(server.url, connection_token=token))
+    return CopilotClient(
+        mode="empty", connection=RuntimeConnection.for_uri(server.url, connection_token=token)
+    )
 
 
 @pytest.fixture
 def user_dirs():
-    dirs = {name: fresh_dir(TMP / f"test-{name}") for name in ("a", "b")}
+    dirs = {name: remove_dir(TMP / f"test-{name}") for name in ("a", "b")}
     yield dirs
     for folder in dirs.values():
-        fresh_dir(folder)
+        remove_dir(folder)
 
 
 async def teach(server, folder, session_id, text, kwargs) -> str:
     async with client_for(server) as client:
-        session = await client.create_session(session_id=session_id, config_directory=str(folder), **kwargs)
+        session = await client.create_session(
+            session_id=session_id, config_directory=str(folder), **kwargs
+        )
         reply = await session.send_and_wait(text, timeout=TIMEOUT)
         await session.disconnect()
     return reply.data.content
@@ -44,7 +48,9 @@ async def ask(server, folder, session_id, text, kwargs) -> str:
     return reply.data.content
 
 
-async def test_second_client_resumes_and_model_received_history(server, local_backend, session_kwargs, user_dirs):
+async def test_second_client_resumes_and_model_received_history(
+    server, local_backend, session_kwargs, user_dirs
+):
     await teach(server, user_dirs["a"], "proj", "Remember: the codename is LYNX-3.", session_kwargs)
     events = user_dirs["a"] / "session-state" / "proj" / "events.jsonl"
     assert events.is_file() and "LYNX-3" in events.read_text()
@@ -68,23 +74,31 @@ async def test_resume_needs_the_same_config_directory(server, session_kwargs, us
         with pytest.raises(Exception, match="Session not found"):
             await client.resume_session("proj", **session_kwargs)
         with pytest.raises(Exception, match="Session not found"):
-            await client.resume_session("proj", config_directory=str(user_dirs["b"]), **session_kwargs)
+            await client.resume_session(
+                "proj", config_directory=str(user_dirs["b"]), **session_kwargs
+            )
 
 
 async def test_mode_empty_requires_available_tools(server, local_backend, user_dirs):
     async with client_for(server) as client:
         with pytest.raises(ValueError):
-            await client.create_session(config_directory=str(user_dirs["a"]), **local_backend.session_kwargs())
+            await client.create_session(
+                config_directory=str(user_dirs["a"]), **local_backend.session_kwargs()
+            )
 
 
 async def test_state_survives_a_runtime_restart(local_backend, session_kwargs, user_dirs):
     server = start_server(local_backend.server_env, remove_env=local_backend.server_remove_env)
     try:
-        await teach(server, user_dirs["a"], "proj", "Remember: the codename is FOX-2.", session_kwargs)
+        await teach(
+            server, user_dirs["a"], "proj", "Remember: the codename is FOX-2.", session_kwargs
+        )
         old_pid = server.pid
         server.restart()
         assert server.pid != old_pid
-        assert "FOX-2" in await ask(server, user_dirs["a"], "proj", "What is the codename?", session_kwargs)
+        assert "FOX-2" in await ask(
+            server, user_dirs["a"], "proj", "What is the codename?", session_kwargs
+        )
     finally:
         server.stop()
 
@@ -99,7 +113,9 @@ async def test_fresh_stand_in_between_turns_still_recalls(user_dirs):
         first.close()
         with StandInModel() as second:
             kwargs["provider"] = {"type": "openai", "base_url": second.base_url}
-            assert "BEAR-4" in await ask(server, user_dirs["a"], "proj", "What is the codename?", kwargs)
+            assert "BEAR-4" in await ask(
+                server, user_dirs["a"], "proj", "What is the codename?", kwargs
+            )
             assert len(second.requests) == 1 and len(second.requests[0].user_messages) == 2
     finally:
         server.stop()

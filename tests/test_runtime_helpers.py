@@ -15,8 +15,15 @@ import pytest
 from conftest import REPO_ROOT, process_alive
 
 from helpers import runtime
-from helpers.runtime import (RuntimeNotFound, RuntimeStartError, expected_runtime_version, find_runtime, redact,
-                             runtime_version, start_server)
+from helpers.runtime import (
+    RuntimeNotFound,
+    RuntimeStartError,
+    expected_runtime_version,
+    find_runtime,
+    redact,
+    runtime_version,
+    start_server,
+)
 
 
 def fake_runtime(tmp_path: Path, body: str) -> Path:
@@ -27,7 +34,9 @@ def fake_runtime(tmp_path: Path, body: str) -> Path:
 
 
 def test_sdk_and_runtime_versions_are_the_matched_pair() -> None:
-    assert expected_runtime_version() == runtime_version(), "run `npm ci`: the runtime does not match the SDK"
+    assert expected_runtime_version() == runtime_version(), (
+        "run `npm ci`: the runtime does not match the SDK"
+    )
 
 
 def test_found_in_node_modules_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,13 +44,17 @@ def test_found_in_node_modules_by_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert str(find_runtime()).startswith(str(REPO_ROOT / "node_modules"))
 
 
-def test_cli_path_that_is_not_executable_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cli_path_that_is_not_executable_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("COPILOT_CLI_PATH", str(tmp_path / "nope"))
     with pytest.raises(RuntimeNotFound, match="COPILOT_CLI_PATH"):
         find_runtime()
 
 
-def test_missing_runtime_names_the_three_ways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_runtime_names_the_three_ways(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("COPILOT_CLI_PATH", raising=False)
     monkeypatch.setattr(runtime, "_node_modules_candidates", lambda: [tmp_path / "absent"])
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -51,15 +64,21 @@ def test_missing_runtime_names_the_three_ways(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_failed_start_quotes_the_log_tail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("COPILOT_CLI_PATH", str(fake_runtime(tmp_path, 'echo "boom: cannot bind"; exit 3')))
+    monkeypatch.setenv(
+        "COPILOT_CLI_PATH", str(fake_runtime(tmp_path, 'echo "boom: cannot bind"; exit 3'))
+    )
     with pytest.raises(RuntimeStartError) as info:
         start_server(home=tmp_path / "home", timeout=10)
     assert "exit code 3" in str(info.value) and "boom: cannot bind" in str(info.value)
 
 
-def test_silent_start_times_out_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_silent_start_times_out_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     pid_file = tmp_path / "pid"
-    monkeypatch.setenv("COPILOT_CLI_PATH", str(fake_runtime(tmp_path, f'echo $$ > {pid_file}; exec sleep 60')))
+    monkeypatch.setenv(
+        "COPILOT_CLI_PATH", str(fake_runtime(tmp_path, f"echo $$ > {pid_file}; exec sleep 60"))
+    )
     started = time.monotonic()
     with pytest.raises(RuntimeStartError, match="did not announce its port"):
         start_server(home=tmp_path / "home", timeout=1.5)
@@ -70,8 +89,12 @@ def test_silent_start_times_out_and_leaves_nothing(monkeypatch: pytest.MonkeyPat
 def test_offline_without_a_provider_refuses_to_start(tmp_path: Path) -> None:
     """Runtime notes: offline mode demands COPILOT_PROVIDER_BASE_URL and COPILOT_MODEL."""
     with pytest.raises(RuntimeStartError) as info:
-        start_server({"COPILOT_OFFLINE": "true"}, home=tmp_path / "home",
-                     remove_env=("COPILOT_PROVIDER_BASE_URL", "COPILOT_MODEL"), timeout=20)
+        start_server(
+            {"COPILOT_OFFLINE": "true"},
+            home=tmp_path / "home",
+            remove_env=("COPILOT_PROVIDER_BASE_URL", "COPILOT_MODEL"),
+            timeout=20,
+        )
     assert "Offline mode requires a local model provider" in str(info.value)
 
 
@@ -93,10 +116,9 @@ def test_redact() -> None:
 
 ORPHAN_SCRIPT = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {root!r})
     from helpers.backends import choose_backend
     from helpers.runtime import start_server
-    backend = choose_backend("local", env={{}})
+    backend = choose_backend("local", env={})
     server = start_server(backend.server_env, remove_env=backend.server_remove_env)
     print(server.pid, flush=True)
     time.sleep(600)
@@ -118,8 +140,7 @@ def _read_line(stream, timeout: float) -> str:
 
 
 def test_server_dies_within_5s_when_its_python_parent_is_killed() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT.format(root=str(REPO_ROOT))],
-                              stdout=subprocess.PIPE)
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE)
     try:
         server_pid = int(_read_line(parent.stdout, 60))
         assert process_alive(server_pid)
@@ -136,14 +157,17 @@ def test_server_dies_when_a_jupyter_kernel_is_killed() -> None:
     manager, client = start_new_kernel(kernel_name="python3")
     outputs: list[dict] = []
     try:
-        code = ORPHAN_SCRIPT.format(root=str(REPO_ROOT)).replace("time.sleep(600)", "")
+        code = ORPHAN_SCRIPT.replace("time.sleep(600)", "")
         reply = client.execute_interactive(code, timeout=60, output_hook=outputs.append)
         assert reply["content"]["status"] == "ok"
-        server_pid = int("".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream").strip())
+        server_pid = int(
+            "".join(
+                m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"
+            ).strip()
+        )
         assert process_alive(server_pid)
         os.kill(manager.provisioner.process.pid, signal.SIGKILL)
         assert gone_within(server_pid, 5.0), "the runtime outlived its killed kernel"
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
-

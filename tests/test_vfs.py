@@ -17,8 +17,23 @@ def fs() -> VirtualFS:
 
 
 BAD_PATHS = [
-    "../escape.md", "a/../../b.md", "..", "/etc/passwd", "/notes.md", "C:/x.txt", "docs\\a.md", "",
-    "   ", "a\x00b.md", "a//b.md", "./notes.md", "docs/", "tab\there.md", "x" * 300, None, 42,
+    "../escape.md",
+    "a/../../b.md",
+    "..",
+    "/etc/passwd",
+    "/notes.md",
+    "C:/x.txt",
+    "docs\\a.md",
+    "",
+    "   ",
+    "a\x00b.md",
+    "a//b.md",
+    "./notes.md",
+    "docs/",
+    "tab\there.md",
+    "x" * 300,
+    None,
+    42,
 ]
 
 
@@ -99,3 +114,43 @@ def test_concurrent_writers_lose_nothing() -> None:
 def test_view_is_read_only(fs: VirtualFS) -> None:
     with pytest.raises(TypeError):
         fs.files["x.md"] = "nope"  # type: ignore[index]
+
+
+def test_nfc_and_nfd_names_are_one_file() -> None:
+    fs = VirtualFS("A")
+    nfc, nfd = "caf\u00e9.md", "cafe\u0301.md"
+    assert nfc != nfd
+    fs.write(nfc, "one")
+    fs.write(nfd, "two")
+    assert fs.list() == [nfc], "the two spellings of é must name one file"
+    assert fs.read(nfd) == "two"
+
+
+@pytest.mark.parametrize(
+    ("char", "what"),
+    [
+        ("\x7f", "U\\+007F"),
+        ("\x85", "U\\+0085"),
+        ("\x9b", "U\\+009B"),
+        ("\u202e", "RIGHT-TO-LEFT OVERRIDE"),
+        ("\u2067", "RIGHT-TO-LEFT ISOLATE"),
+        ("\u200b", "ZERO WIDTH SPACE"),
+        ("\u200d", "ZERO WIDTH JOINER"),
+        ("\u2060", "WORD JOINER"),
+        ("\ufeff", "ZERO WIDTH NO-BREAK SPACE"),
+        ("\u2028", "LINE SEPARATOR"),
+        ("\ue000", "U\\+E000"),
+        ("\x1b", "U\\+001B"),
+    ],
+)
+def test_invisible_and_control_characters_are_refused(fs: VirtualFS, char: str, what: str) -> None:
+    with pytest.raises(VfsError, match=f"Refused: the path contains .*{what}"):
+        fs.write(f"note{char}s.md", "x")
+    assert fs.list() == ["notes.md"], "a refused write changes nothing"
+
+
+def test_visible_non_ascii_names_are_fine() -> None:
+    fs = VirtualFS("A")
+    for name in ("résumé.md", "日本語.txt", "naïve/notes.md"):
+        fs.write(name, "ok")
+    assert len(fs.list()) == 3
