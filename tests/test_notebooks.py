@@ -1,76 +1,202 @@
-"""Execute the notebooks with papermill, with non-default parameters, and check what they left behind."""
+"""Execute the notebooks headlessly: odd and bad parameters, two runs at once, the exercises."""
 
 from __future__ import annotations
 
+import re
 import secrets
+import subprocess
+import threading
+import time
 
 import nbformat
 import papermill
 import pytest
 from conftest import REPO_ROOT, our_runtime_processes
 
-from helpers.paths import LOGS, TMP
+from helpers.paths import LOGS, RUNS, TMP
 
 pytestmark = pytest.mark.notebook
 NOTEBOOKS = REPO_ROOT / "notebooks"
 OUT = TMP / "executed" / "tests"
+NB01 = "01_multi_user_long_lived.ipynb"
+NB02 = "02_multi_user_short_lived.ipynb"
 
 
-def execute(name: str, **parameters: object) -> nbformat.NotebookNode:
+def execute(
+    name: str, source: nbformat.NotebookNode | None = None, tag: str = "", **parameters: object
+) -> nbformat.NotebookNode:
+    """Run a notebook (or a modified copy of it) with papermill; return the executed notebook."""
     OUT.mkdir(parents=True, exist_ok=True)
-    output = OUT / name
-    papermill.execute_notebook(str(NOTEBOOKS / name), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(NOTEBOOKS), execution_timeout=300, progress_bar=False)
+    output = OUT / f"{tag}{name}"
+    given = NOTEBOOKS / name
+    if source is not None:
+        given = OUT / f"{tag}input-{name}"
+        nbformat.write(source, given)
+    papermill.execute_notebook(
+        str(given),
+        str(output),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(NOTEBOOKS),
+        execution_timeout=300,
+        progress_bar=False,
+    )
     return nbformat.read(output, as_version=4)
 
 
-def all_text(nb: nbformat.NotebookNode) -> str:
-    parts = []
+def outputs_text(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(str(c.get("outputs")) for c in nb.cells if c.cell_type == "code")
+
+
+def committed(path: str) -> str:
+    """The notebook as committed (what a clone gets), not as a JupyterLab session left it."""
+    done = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:  # not a git checkout: the files are all there is
+        return (REPO_ROOT / path).read_text()
+    return done.stdout
+
+
+def with_solutions(name: str) -> nbformat.NotebookNode:
+    """The notebook with each exercise's solution (the code in its <details>) appended as cells."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    blocks = []
     for cell in nb.cells:
-        parts.append(cell.source)
-        for output in cell.get("outputs", []):
-            parts.append(str(output))
-    return "\n".join(parts)
+        if cell.cell_type == "markdown" and "<details>" in cell.source:
+            details = cell.source.split("<details>", 1)[1]
+            blocks += re.findall(r"```python\n(.*?)```", details, re.S)
+    assert blocks, f"{name} should have exercises with solutions"
+    nb.cells += [nbformat.v4.new_code_cell(block) for block in blocks]
+    return nb
+
+
+def runs_of(name: str) -> set[str]:
+    return {p.name for p in RUNS.glob(f"{name[:2]}-*")} if RUNS.exists() else set()
 
 
 def test_committed_notebooks_are_clean() -> None:
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), path.name
-        assert nb.metadata["kernelspec"]["name"] == "python3", path.name
-        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} has outputs"
+    listed = subprocess.run(
+        ["git", "ls-files", "notebooks/*.ipynb"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.split()
+    paths = listed or [str(p.relative_to(REPO_ROOT)) for p in NOTEBOOKS.glob("*.ipynb")]
+    assert paths, "no notebooks found"
+    for path in paths:
+        nb = nbformat.reads(committed(path), as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), path
+        assert nb.metadata["kernelspec"]["name"] == "python3", path
+        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+            f"{path} is committed with outputs"
+        )
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1, f"{path.name} needs exactly one parameters cell"
+        assert len(tagged) == 1, f"{path} needs exactly one parameters cell"
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and "```" not in cell.source:
+                later = [line for line in cell.source.splitlines()[1:] if line.startswith("#")]
+                assert not later, f"{path}: a heading should start its own cell: {later[0]!r}"
 
 
-def test_notebook_01_with_other_parameters_and_a_secret_canary(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_01_bad_parameters_each_get_a_message() -> None:
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(
+            NB01,
+            tag="bad-",
+            CODENAME=12345,
+            SESSION_A="same-id",
+            SESSION_B="same-id",
+            BACKEND="nope",
+            TIMEOUT_S=0,
+            KEEP_STATE="yes",
+        )
+    message = str(failed.value)
+    assert "ParameterError" in message
+    for expected in [
+        "CODENAME = 12345 is a int; it must be a string",
+        "SESSION_A and SESSION_B must differ",
+        "BACKEND = 'nope' is not one of",
+        "TIMEOUT_S = 0 is out of range",
+        "KEEP_STATE = 'yes' must be True or False",
+    ]:
+        assert expected in message, f"missing: {expected}"
+    for codename in ["line\nbreak-1", 'ZE"PH\\YR-42', "ORION-5!", "12345"]:
+        with pytest.raises(papermill.PapermillExecutionError, match="CODENAME = .* is not allowed"):
+            execute(NB01, tag="bad-", CODENAME=codename)
+    with pytest.raises(papermill.PapermillExecutionError, match="SESSION_A = 'a.2' is not allowed"):
+        execute(NB01, tag="bad-", SESSION_A="a.2")
+
+
+def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two runs 0.3 s apart in one checkout: one with the solutions, one with odd values."""
     canary = f"canary-{secrets.token_hex(8)}"
     monkeypatch.setenv("GITHUB_TOKEN", canary)
     monkeypatch.setenv("COPILOT_GITHUB_TOKEN", canary)
     logs_before = set(LOGS.glob("*.log")) if LOGS.exists() else set()
     running_before = set(our_runtime_processes())
-    nb = execute("01_multi_user_long_lived.ipynb", CODENAME="ZEPHYR-42",
-                 SESSION_A="alice-session-x", SESSION_B="bob-session-y")
-    text = all_text(nb)
-    assert "ZEPHYR-42" in text and "alice-session-x" in text and "bob-session-y" in text
-    assert "AURORA-7" not in "".join(str(c.get("outputs")) for c in nb.cells)
-    new_logs = set(LOGS.glob("*.log")) - logs_before
-    assert new_logs, "the notebook should have written a runtime log"
-    for log in new_logs:
-        assert canary not in log.read_text(errors="replace"), f"secret canary leaked into {log.name}"
+    runs_before = runs_of(NB01)
+    results: dict[str, object] = {}
+
+    def run(key: str, **kwargs: object) -> None:
+        try:
+            results[key] = execute(NB01, tag=f"{key}-", **kwargs)
+        except Exception as exc:  # reported below, with the other run's result
+            results[key] = exc
+
+    first = threading.Thread(
+        target=run, args=("solutions",), kwargs={"source": with_solutions(NB01)}
+    )
+    first.start()
+    time.sleep(0.3)
+    run("odd", CODENAME="zephyr_42-X", SESSION_A="alice-session-x", SESSION_B="bob-session-y")
+    first.join(timeout=600)
+    for key, result in results.items():
+        assert isinstance(result, nbformat.NotebookNode), f"run {key!r} failed: {result}"
+    text = outputs_text(results["odd"])  # type: ignore[arg-type]
+    assert "alice-session-x" in text and "bob-session-y" in text and "AURORA-7" not in text
+    solved = outputs_text(results["solutions"])  # type: ignore[arg-type]
+    assert "User A's session says" in solved and "restored session says" in solved
+    for log in set(LOGS.glob("*.log")) - logs_before:
+        assert canary not in log.read_text(errors="replace"), f"canary leaked into {log.name}"
     assert canary not in text, "secret canary leaked into the executed notebook"
-    assert not (TMP / "user-a").exists() and not (TMP / "user-b").exists(), "KEEP_STATE=False should clean up"
-    assert set(our_runtime_processes()) <= running_before, "the notebook left a runtime running"
+    assert runs_of(NB01) <= runs_before, "KEEP_STATE=False: each run removes its own folder"
+    assert set(our_runtime_processes()) <= running_before, "a notebook left a runtime running"
 
 
-def test_notebook_02_with_other_parameters_leaves_no_session_state() -> None:
+def test_notebook_02_bad_parameters_each_get_a_message() -> None:
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(NB02, tag="bad-", NOTE_NAME="../escape.md", NOTE_TEXT="two\nlines here")
+    message = str(failed.value)
+    assert "NOTE_NAME = '../escape.md': Refused" in message
+    assert "NOTE_TEXT = 'two\\nlines here' is not allowed" in message
+    with pytest.raises(papermill.PapermillExecutionError, match="NOTE_NAME = '/etc/passwd'"):
+        execute(NB02, tag="bad-", NOTE_NAME="/etc/passwd")
+
+
+def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:
     running_before = set(our_runtime_processes())
-    nb = execute("02_multi_user_short_lived.ipynb", NOTE_NAME="plan-b.txt", NOTE_TEXT="Deploy at dawn, quietly.",
-                 KEEP_STATE=True)
-    outputs = "".join(str(c.get("outputs")) for c in nb.cells)
-    assert "plan-b.txt" in outputs and "Deploy at dawn, quietly." in outputs
-    assert "Ship the tutorial on Friday." not in outputs
-    home = TMP / "runtime-02"
-    assert home.is_dir(), "KEEP_STATE=True should keep the runtime's home"
-    assert [p.name for p in (home / "session-state").glob("[!.]*")] == [], "every session should have been deleted"
+    runs_before = runs_of(NB02)
+    results: dict[str, object] = {}
+    note = 'Say "hi" to Bob, then ship.'
+
+    def run(key: str, **kwargs: object) -> None:
+        try:
+            results[key] = execute(NB02, tag=f"{key}-", **kwargs)
+        except Exception as exc:  # reported below, with the other run's result
+            results[key] = exc
+
+    first = threading.Thread(
+        target=run, args=("solutions",), kwargs={"source": with_solutions(NB02)}
+    )
+    first.start()
+    time.sleep(0.3)
+    run("odd", NOTE_NAME="plan-b.txt", NOTE_TEXT=note)
+    first.join(timeout=600)
+    for key, result in results.items():
+        assert isinstance(result, nbformat.NotebookNode), f"run {key!r} failed: {result}"
+    outputs = outputs_text(results["odd"])  # type: ignore[arg-type]
+    assert "plan-b.txt" in outputs and "Ship the tutorial on Friday." not in outputs
+    solved = outputs_text(results["solutions"])  # type: ignore[arg-type]
+    assert "tool results the model saw" in solved and "burst 4" in solved
+    assert runs_of(NB02) <= runs_before, "each run removes its own folder"
     assert set(our_runtime_processes()) <= running_before, "the notebook left a runtime running"
