@@ -244,9 +244,10 @@ def attach_server(url: str, token: str | None = None) -> RuntimeServer:
         raise ValueError("attach_server needs a URL such as 127.0.0.1:4321")
     if token is None:
         token = os.environ.get("COPILOT_CONNECTION_TOKEN") or None
-    from . import watchdog
+    from . import transport, watchdog
 
     watchdog.install()
+    transport.install()
     return RuntimeServer(url=url, token=token)
 
 
@@ -259,9 +260,10 @@ def _launch(
     timeout: float,
 ) -> RuntimeServer:
     """Spawn the guard and the server under it; wait for the announced port."""
-    from . import watchdog
+    from . import transport, watchdog
 
     watchdog.install()
+    transport.install()
     writable_dir(home)
     writable_dir(LOGS)
     log_path = LOGS / f"runtime-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.log"
