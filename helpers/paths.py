@@ -30,17 +30,32 @@ def run_dir(name: str) -> Path:
     """Create ``tmp/runs/<name>-<pid>-<random>/``, a folder only this run writes to.
 
     Two runs at once never share a folder. Earlier folders of the same name are removed first when
-    their process is gone (a killed kernel) or is this one (Run All again in the same kernel), so
-    nothing piles up.
+    their process is gone (a killed kernel) or is this one (Run All again in the same kernel); for
+    this one, the earlier run's clean-up registered with ``at_kernel_exit`` runs first, so its
+    runtime stops before its folder goes and nothing piles up.
     """
+    from .lifecycle import finish_run
+
     writable_dir(RUNS)
     for old in RUNS.glob(f"{name}-*-*"):
         pid = old.name.removeprefix(f"{name}-").split("-")[0]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+        if pid.isdigit() and int(pid) == os.getpid():
+            finish_run(old)  # the earlier run's clean-up: stops its runtime before its folder goes
+            shutil.rmtree(old, ignore_errors=True)
+        elif pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = RUNS / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
     writable_dir(folder)
+    _LATEST_RUN[:] = [folder]
     return folder
+
+
+_LATEST_RUN: list[Path] = []
+
+
+def latest_run() -> Path | None:
+    """The folder ``run_dir`` made last in this process, if any."""
+    return _LATEST_RUN[0] if _LATEST_RUN else None
 
 
 def _process_alive(pid: int) -> bool:

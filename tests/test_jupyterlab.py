@@ -323,8 +323,12 @@ def test_notebook_in_jupyterlab(lab: Lab, browser, name: str) -> None:
         seen = drive_panel(page, name)
         page.screenshot(path=str(SHOTS / f"{stem}-after-run-all.png"))
 
+        runtimes = len(our_runtime_processes())
         run_and_wait(page, "notebook:run-all-cells", count + 1, count)
         check_run(page, name)
+        assert len(our_runtime_processes()) == runtimes, (
+            "Run All again should stop the earlier run's runtime, not keep both"
+        )
         seen += drive_panel(page, name)
 
         run_and_wait(page, "notebook:restart-run-all", 1, count, accept_dialog=True)
