@@ -35,6 +35,7 @@ class SessionPool:
         self._users: dict[str, str] = {}
         self._making = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
         self.served: list[str] = []
         self.created: set[str] = set()
         self.deleted: set[str] = set()
@@ -52,11 +53,11 @@ class SessionPool:
 
     async def fill(self) -> None:
         """Create sessions until ``size`` are ready (all at once); wait for them."""
-        missing = self.size - len(self._ready) - self._making
-        await asyncio.gather(*(self._make_one() for _ in range(max(0, missing))))
+        missing = max(0, self.size - len(self._ready) - self._making)
+        self._making += missing  # counted now, before any create starts, so refills never overshoot
+        await asyncio.gather(*(self._make_one() for _ in range(missing)))
 
     async def _make_one(self) -> None:
-        self._making += 1
         try:
             session = await self._create()
         except Exception as exc:  # a failed refill must not break the requests
@@ -89,7 +90,7 @@ class SessionPool:
     def give_back(self, session: CopilotSession) -> None:
         """End the request: unbind the user now, disconnect and delete in the background."""
         self._users.pop(session.session_id, None)
-        self._background(self._retire(session))
+        self._retiring.add(self._background(self._retire(session)))
 
     @contextlib.asynccontextmanager
     async def request(self, user: str) -> AsyncIterator[CopilotSession]:
@@ -107,19 +108,29 @@ class SessionPool:
         except Exception as exc:
             self.errors.append(f"delete {session.session_id}: {type(exc).__name__}: {exc}")
 
-    def _background(self, work: Awaitable[None]) -> None:
+    def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
+        for tasks in (self._tasks, self._retiring):
+            task.add_done_callback(tasks.discard)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def settle(self, timeout: float = 60.0) -> None:
         """Wait (at most ``timeout`` s) until the background deletes and refills are done."""
+        await self._wait(self._tasks, timeout)
+
+    async def deleted_all(self, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` s) until every returned session is deleted (refills may run)."""
+        await self._wait(self._retiring, timeout)
+
+    @staticmethod
+    async def _wait(tasks: set[asyncio.Task[None]], timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
-        while self._tasks:
+        while tasks:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                raise TimeoutError(f"{len(self._tasks)} background tasks still running")
-            await asyncio.wait(set(self._tasks), timeout=left)
+                raise TimeoutError(f"{len(tasks)} background tasks still running")
+            await asyncio.wait(set(tasks), timeout=left)
 
     async def close(self, timeout: float = 60.0) -> None:
         """Serve no more requests; delete the ready sessions; wait for every delete."""
