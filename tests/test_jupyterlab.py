@@ -177,7 +177,14 @@ def browser(lab: Lab):
             context.close()
 
 
-PROMPTS = "[...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+# Queries are scoped to the notebook on show: JupyterLab may keep other documents open in the DOM.
+NODE = "window.jupyterapp.shell.currentWidget.node"
+PROMPTS = f"[...{NODE}.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+
+
+def shown(page):
+    """The notebook panel on show (other open documents stay in the DOM, hidden)."""
+    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
 
 
 def prompts(page) -> list[str]:
@@ -186,7 +193,8 @@ def prompts(page) -> list[str]:
 
 def run_and_wait(page, command: str, first: int, count: int, accept_dialog: bool = False) -> None:
     """Run a notebook command; wait until the code cells show ``first`` .. ``first+count-1``."""
-    page.evaluate(f"window.jupyterapp.commands.execute('{command}')")
+    # Not awaited in the page: restart-run-all resolves only after its dialog is answered.
+    page.evaluate("command => { window.jupyterapp.commands.execute(command); }", command)
     if accept_dialog:
         page.locator(".jp-Dialog .jp-mod-accept").click(timeout=30_000)
     wanted = [f"[{n}]:" for n in range(first, first + count)]
@@ -206,39 +214,39 @@ def check_run(page, name: str) -> dict[str, int]:
     """Every code cell ran, no error output, widgets rendered, the mermaid diagram drawn."""
     ran = prompts(page)
     errors = page.evaluate(
-        "[...document.querySelectorAll('.jp-OutputArea-output')]"
+        f"[...{NODE}.querySelectorAll('.jp-OutputArea-output')]"
         ".filter(e => e.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr'"
         " || e.querySelector('.jp-RenderedText[data-mime-type=\"application/vnd.jupyter.error\"]'))"
         ".map(e => e.textContent.slice(0, 500))"
     )
     assert errors == [], f"{name}: error output after Run All: {errors}"
-    buttons = page.locator(".jupyter-widgets.widget-button").count()
+    buttons = shown(page).locator(".jupyter-widgets.widget-button").count()
     fallback = page.evaluate(
-        "[...document.querySelectorAll('.jp-OutputArea-output')]"
+        f"[...{NODE}.querySelectorAll('.jp-OutputArea-output')]"
         '.filter(e => e.textContent.includes("open this notebook in JupyterLab")).length'
     )
     assert buttons >= 1 and fallback == 0, f"{name}: the panel should be a live widget"
-    page.locator(".jp-RenderedMermaid").first.scroll_into_view_if_needed(timeout=30_000)
+    shown(page).locator(".jp-RenderedMermaid").first.scroll_into_view_if_needed(timeout=30_000)
     page.wait_for_function(
-        "document.querySelector('.jp-RenderedMermaid svg, .jp-RenderedMermaid img') !== null",
+        f"{NODE}.querySelector('.jp-RenderedMermaid svg, .jp-RenderedMermaid img') !== null",
         timeout=30_000,
     )
-    diagrams = page.locator(".jp-RenderedMermaid svg, .jp-RenderedMermaid img").count()
+    diagrams = shown(page).locator(".jp-RenderedMermaid svg, .jp-RenderedMermaid img").count()
     return {"code cells run": len(ran), "widgets": buttons, "diagrams": diagrams}
 
 
 def send(page, user: str, message: str) -> str:
     """Use the panel: pick ``user``, type ``message``, click Send; return that result's text."""
-    panel_output = page.locator(".widget-output").last
+    panel_output = shown(page).locator(".widget-output").last
     before = panel_output.inner_text().count(" asked: ") + panel_output.inner_text().count(
         ": the request failed"
     )
-    page.locator(".widget-dropdown select").last.select_option(user)
-    page.locator(".widget-text input").last.fill(message)
-    page.locator(".jupyter-widgets.widget-button", has_text="Send").last.click()
+    shown(page).locator(".widget-dropdown select").last.select_option(user)
+    shown(page).locator(".widget-text input").last.fill(message)
+    shown(page).locator(".jupyter-widgets.widget-button", has_text="Send").last.click()
     page.wait_for_function(
         "([before]) => {"
-        " const t = [...document.querySelectorAll('.widget-output')].pop().innerText;"
+        f" const t = [...{NODE}.querySelectorAll('.widget-output')].pop().innerText;"
         " return (t.split(' asked: ').length - 1) + (t.split(': the request failed').length - 1)"
         " > before; }",
         arg=[before],
@@ -248,7 +256,7 @@ def send(page, user: str, message: str) -> str:
     last = re.split(r"(?m)^(?=User [AB](?: asked:|: the request failed))", text)[-1]
     assert "the request failed" not in last, f"the panel's request failed: {last}"
     assert last.startswith(f"User {user} asked: {message}"), f"newest result last: {text}"
-    assert page.locator(".widget-dropdown select").last.input_value() == user
+    assert shown(page).locator(".widget-dropdown select").last.input_value() == user
     return last
 
 
@@ -314,7 +322,8 @@ def test_notebook_in_jupyterlab(lab: Lab, browser, name: str) -> None:
     page = browser.new_page()
     started = time.monotonic()
     try:
-        page.goto(lab.url(f"/lab/tree/notebooks/{name}"))
+        # A workspace of its own, reset: only this notebook open, whatever ran before.
+        page.goto(lab.url(f"/lab/workspaces/nb{stem}/tree/notebooks/{name}") + "&reset")
         page.wait_for_function(
             "window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel?.status"
             " === 'idle'",

@@ -171,6 +171,16 @@ def test_notebook_02_bad_parameters_each_get_a_message() -> None:
     assert "NOTE_TEXT = 'two\\nlines here' is not allowed" in message
     with pytest.raises(papermill.PapermillExecutionError, match="NOTE_NAME = '/etc/passwd'"):
         execute(NB02, tag="bad-", NOTE_NAME="/etc/passwd")
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(NB02, tag="bad-", BACKEND="gpt", CLI_URL="no port", KEEP_STATE=1, TIMEOUT_S=-5)
+    message = str(failed.value)
+    for expected in [
+        "BACKEND = 'gpt' is not one of",
+        "CLI_URL = 'no port' is not allowed",
+        "KEEP_STATE = 1 must be True or False",
+        "TIMEOUT_S = -5 is out of range",
+    ]:
+        assert expected in message, f"missing: {expected}"
 
 
 def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 
 import pytest
 from copilot import CopilotClient
@@ -194,3 +195,40 @@ async def test_a_raised_exception_reaches_the_model_without_its_text(client, loc
     )
     seen = calls[-1].tool_results[-1]
     assert "Tool execution failed" in seen and "12345" not in seen
+
+
+async def test_removing_the_lock_file_after_delete_is_safe(client, local_backend, server):
+    """Notebook 02 removes ``.session-operation-locks/<id>.lock`` after each delete: the runtime
+    leaves it behind, and an id whose lock file was removed can be created again, while other
+    requests run at the same time."""
+    locks = server.home / "session-state" / ".session-operation-locks"
+    session_id = f"lock-probe-{secrets.token_hex(4)}"
+    fs = VirtualFS("A")
+
+    async def once(prompt: str) -> str:
+        session = await client.create_session(
+            session_id=session_id,
+            tools=file_tools(fs),
+            available_tools=ALLOWLIST,
+            **local_backend.session_kwargs(),
+        )
+        try:
+            reply = await session.send_and_wait(prompt, timeout=TIMEOUT)
+        finally:
+            await session.disconnect()
+            await client.delete_session(session_id)
+        return reply.data.content
+
+    await once('Create one.md containing "first"')
+    lock = locks / f"{session_id}.lock"
+    assert lock.exists(), "the runtime leaves the lock file behind after delete"
+    lock.unlink()
+    others = [
+        request(client, local_backend, VirtualFS("B"), f'Create b{n}.md containing "x"')
+        for n in range(3)
+    ]
+    reply, *_ = await asyncio.gather(once("List my files, then read one.md"), *others)
+    assert "first" in reply, "the same id works again after its lock file was removed"
+    assert not (server.home / "session-state" / session_id).exists()
+    lock.unlink(missing_ok=True)
+    assert not lock.exists()
