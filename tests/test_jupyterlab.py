@@ -283,7 +283,8 @@ def drive_panel(page, name: str) -> list[str]:
         return [a, b]
     if name.startswith("03_"):
         codename = codename_of(name).lower()
-        sessions = page.locator(".widget-dropdown select").nth(-2)  # the panel: session, user
+        panel = shown(page)
+        sessions = panel.locator(".widget-dropdown select").nth(-2)  # the panel: session, user
         a_id = next(
             o for o in sessions.locator("option").all_inner_texts() if o.startswith("user-a-")
         )
@@ -291,13 +292,13 @@ def drive_panel(page, name: str) -> list[str]:
         a = send(page, "A", "What is the codename?")
         assert a_id in a and codename in a.split("reply:", 1)[1].lower(), f"A's own session: {a}"
         sessions.select_option(a_id)
-        output = page.locator(".widget-output").last
+        output = panel.locator(".widget-output").last
         refusals = output.inner_text().count("NotYourSession")
-        page.locator(".widget-dropdown select").last.select_option("B")
-        page.locator(".widget-text input").last.fill("What is the codename?")
-        page.locator(".jupyter-widgets.widget-button", has_text="Send").last.click()
+        panel.locator(".widget-dropdown select").last.select_option("B")
+        panel.locator(".widget-text input").last.fill("What is the codename?")
+        panel.locator(".jupyter-widgets.widget-button", has_text="Send").last.click()
         page.wait_for_function(
-            "([n]) => [...document.querySelectorAll('.widget-output')].pop().innerText"
+            f"([n]) => [...{NODE}.querySelectorAll('.widget-output')].pop().innerText"
             ".split('NotYourSession').length - 1 > n",
             arg=[refusals],
             timeout=REPLY_TIMEOUT_MS,
