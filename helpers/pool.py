@@ -120,7 +120,7 @@ class SessionPool:
         await self._wait(self._tasks, timeout)
 
     async def deleted_all(self, timeout: float = 60.0) -> None:
-        """Wait (at most ``timeout`` s) until every returned session is deleted (refills may run)."""
+        """Wait (at most ``timeout`` s) until every returned session is deleted."""
         await self._wait(self._retiring, timeout)
 
     @staticmethod
