@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -439,6 +440,15 @@ def _usage(request: dict[str, Any], text: str) -> dict[str, int]:
     }
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hung up (the runtime aborting a turn) needs no traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class StandInModel:
     """The stand-in model server, run on a background thread of the current process.
 
@@ -467,7 +477,7 @@ class StandInModel:
         if self._server is not None:
             return self
         handler = _make_handler(self)
-        self._server = ThreadingHTTPServer((self._host, self._port), handler)
+        self._server = _QuietServer((self._host, self._port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="stand-in-model", daemon=True

@@ -1,7 +1,14 @@
-"""Benchmark: what each pattern costs per request on one shared runtime (prints figures only).
+"""Benchmark: a short-lived request three ways on one shared runtime (prints figures only).
 
-Run: .venv/bin/python tests/bench_requests.py [--requests 40] [--concurrency 1 4 8]
-Uses the local stand-in model, which answers at once, so the figures are SDK + runtime cost.
+Run: .venv/bin/python tests/bench_requests.py [--requests 40] [--levels 1 4 16] [--prompt TEXT]
+
+naive: notebook 02's request (create with file tools, send, disconnect, delete) on the SDK's
+default transport; naive + TCP_NODELAY: the same on a client with TCP_NODELAY; prepared-ahead:
+sessions created ahead into a pool as large as the concurrency, tools defined once and routed by
+session id, one request per session, disconnect+delete in the background (each measurement ends
+when the last background delete is done, so that work counts against throughput). Uses the local
+stand-in model, which answers at once: the figures are SDK + runtime cost. Also a long-lived turn
+on both transports. Writes the plot to tmp/bench-requests.png. The last two lines are for scripts.
 """
 
 from __future__ import annotations
@@ -11,108 +18,139 @@ import asyncio
 import statistics
 import time
 
-from copilot import CopilotClient
+import matplotlib
 
-from helpers.backends import choose_backend
-from helpers.paths import TMP, remove_dir
-from helpers.runtime import start_server
+matplotlib.use("Agg")
+
+from copilot import CopilotClient  # noqa: E402
+
+from helpers import transport  # noqa: E402
+from helpers.backends import choose_backend  # noqa: E402
+from helpers.display import table, text_of  # noqa: E402
+from helpers.file_tools import ALLOWLIST, file_tools  # noqa: E402
+from helpers.measure import Result, measure, plot, ratio  # noqa: E402
+from helpers.paths import TMP, remove_dir  # noqa: E402
+from helpers.pool import SessionPool  # noqa: E402
+from helpers.routed_tools import routed_file_tools  # noqa: E402
+from helpers.runtime import start_server  # noqa: E402
+from helpers.vfs import VirtualFS  # noqa: E402
 
 TIMEOUT = 60
+NAIVE, NODELAY, PREPARED = "naive (default transport)", "naive + TCP_NODELAY", "prepared-ahead"
 
 
-def summary(label: str, samples_ms: list[float]) -> str:
-    samples = sorted(samples_ms)
-    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
-    median = statistics.median(samples)
-    return f"{label:<34} n={len(samples):<4} median {median:7.1f} ms   p95 {p95:7.1f} ms"
-
-
-async def ephemeral(client: CopilotClient, kwargs: dict, laps: dict[str, list[float]]) -> None:
-    t0 = time.perf_counter()
+async def long_lived_turn_ms(client: CopilotClient, kwargs: dict, turns: int) -> float:
+    """Median warm turn in one kept session."""
     session = await client.create_session(available_tools=[], **kwargs)
-    t1 = time.perf_counter()
-    await session.send_and_wait("Remember: the codename is BENCH.", timeout=TIMEOUT)
-    t2 = time.perf_counter()
+    await session.send_and_wait("Hello", timeout=TIMEOUT)
+    times = []
+    for _ in range(turns):
+        start = time.perf_counter()
+        await session.send_and_wait("Hello", timeout=TIMEOUT)
+        times.append((time.perf_counter() - start) * 1000)
     await session.disconnect()
     await client.delete_session(session.session_id)
-    t3 = time.perf_counter()
-    for name, value in (
-        ("create", t1 - t0),
-        ("turn", t2 - t1),
-        ("disconnect+delete", t3 - t2),
-        ("total", t3 - t0),
-    ):
-        laps[name].append(value * 1000)
+    return statistics.median(times)
 
 
-async def main(requests: int, concurrency: list[int]) -> None:
+async def main(requests: int, levels: list[int], prompt: str) -> None:
     backend = choose_backend("local", env={})
-    server = start_server(
-        backend.server_env, home=TMP / "bench-home", remove_env=backend.server_remove_env
-    )
+    home = remove_dir(TMP / "bench-home")
+    server = start_server(backend.server_env, home=home, remove_env=backend.server_remove_env)
     kwargs = backend.session_kwargs()
-    print(f"runtime started in {server.startup_seconds:.2f} s")
+    filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
+    print(f"runtime started in {server.startup_seconds:.2f} s; prompt: {prompt!r}")
     try:
-        async with CopilotClient(mode="empty", connection=server.connection()) as client:
-            laps: dict[str, list[float]] = {
-                k: [] for k in ("create", "turn", "disconnect+delete", "total")
-            }
-            await ephemeral(client, kwargs, {k: [] for k in laps})  # warm-up
-            for _ in range(requests):
-                await ephemeral(client, kwargs, laps)
-            print("\nShort-lived: one session per request, one at a time")
-            for name, samples in laps.items():
-                print("  " + summary(name, samples))
+        with transport.nodelay(False):
+            plain = CopilotClient(mode="empty", connection=server.connection())
+            await plain.start()
+        fast = CopilotClient(mode="empty", connection=server.connection())
+        await fast.start()
+        assert not transport.has_nodelay(plain) and transport.has_nodelay(fast)
 
-            folder = remove_dir(TMP / "bench-user")
+        async def naive(client: CopilotClient, i: int) -> None:
+            fs = filesystems["AB"[i % 2]]
             session = await client.create_session(
-                session_id="bench-long", config_directory=str(folder), available_tools=[], **kwargs
+                tools=file_tools(fs), available_tools=ALLOWLIST, **kwargs
             )
-            await session.send_and_wait("Remember: the codename is BENCH.", timeout=TIMEOUT)
-            turns, resumes = [], []
-            for _ in range(requests):
-                t0 = time.perf_counter()
-                await session.send_and_wait("What is the codename?", timeout=TIMEOUT)
-                turns.append((time.perf_counter() - t0) * 1000)
+            try:
+                text_of(await session.send_and_wait(prompt, timeout=TIMEOUT))
+            finally:
+                await session.disconnect()
+                await client.delete_session(session.session_id)
+
+        pool: SessionPool
+        tools = routed_file_tools(lambda sid: filesystems.get(pool.user_of(sid) or ""))
+
+        async def create():
+            return await fast.create_session(tools=tools, available_tools=ALLOWLIST, **kwargs)
+
+        async def retire(session) -> None:
             await session.disconnect()
-            for _ in range(min(requests, 20)):
-                t0 = time.perf_counter()
-                again = await client.resume_session(
-                    "bench-long", config_directory=str(folder), available_tools=[], **kwargs
-                )
-                resumes.append((time.perf_counter() - t0) * 1000)
-                await again.disconnect()
-            print("\nLong-lived: one session kept on disk")
-            print("  " + summary("warm turn (history grows)", turns))
-            print("  " + summary("resume_session", resumes))
-            remove_dir(folder)
+            await fast.delete_session(session.session_id)
 
-            print("\nShort-lived throughput through one runtime")
-            for level in concurrency:
-                sink: dict[str, list[float]] = {k: [] for k in laps}
-                total = max(requests, level * 4)
-                started = time.perf_counter()
-                gate = asyncio.Semaphore(level)
+        pool = SessionPool(create, retire, size=levels[0])
 
-                async def one(gate: asyncio.Semaphore, sink: dict[str, list[float]]) -> None:
-                    async with gate:
-                        await ephemeral(client, kwargs, sink)
+        async def prepared(i: int) -> None:
+            async with pool.request("AB"[i % 2]) as session:
+                text_of(await session.send_and_wait(prompt, timeout=TIMEOUT))
 
-                await asyncio.gather(*(one(gate, sink) for _ in range(total)))
-                elapsed = time.perf_counter() - started
-                print(
-                    f"  {level:>2} at once: {total / elapsed:5.1f} requests/s, "
-                    f"median latency {statistics.median(sink['total']):6.0f} ms"
-                )
+        for warm in range(2):  # both clients and the pool path once, untimed
+            await naive(plain, warm)
+            await naive(fast, warm)
+        await pool.fill()
+        await prepared(0)
+        await pool.deleted_all()
+
+        results: list[Result] = []
+        for level in levels:
+            count = max(requests, 2 * level)
+            results.append(await measure(NAIVE, lambda i: naive(plain, i), level, count))
+            results.append(await measure(NODELAY, lambda i: naive(fast, i), level, count))
+            pool.size = level
+            await pool.fill()
+            results.append(await measure(PREPARED, prepared, level, count, pool.deleted_all))
+        await pool.close()
+        assert pool.deleted == pool.created and not pool.errors, pool.errors
+
+        turns = max(10, requests // 2)
+        slow_turn = await long_lived_turn_ms(plain, kwargs, turns)
+        quick_turn = await long_lived_turn_ms(fast, kwargs, turns)
+        await plain.stop()
+        await fast.stop()
     finally:
         server.stop()
         backend.close()
-        remove_dir(TMP / "bench-home")
+        remove_dir(home)
+
+    print()
+    table([r.row() for r in results])
+    path = TMP / "bench-requests.png"
+    plot(results, path)
+    print(f"\nplot: tmp/{path.name}")
+    print(
+        f"long-lived turn: {slow_turn:.0f} ms default transport, {quick_turn:.0f} ms TCP_NODELAY "
+        f"({quick_turn / slow_turn:.2f}x)"
+    )
+    low, high = levels[0], levels[-1]
+    print(
+        f"p95 latency ratio at {low} (prepared-ahead / naive): "
+        f"{ratio(results, PREPARED, NAIVE, low, 'p95'):.2f}"
+    )
+    print(
+        f"median latency ratio (prepared-ahead / naive): "
+        f"{ratio(results, PREPARED, NAIVE, low, 'median'):.2f}"
+    )
+    print(
+        f"throughput ratio at {high} (prepared-ahead / naive): "
+        f"{ratio(results, PREPARED, NAIVE, high, 'rps'):.2f}"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=40)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--requests", type=int, default=40, help="requests per measurement")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--prompt", default="List my files.")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency))
+    asyncio.run(main(args.requests, sorted(args.levels), args.prompt))

@@ -281,6 +281,32 @@ def drive_panel(page, name: str) -> list[str]:
         b = send(page, "B", "List my files.")
         assert "User B's files: none" in b, f"B should have no files: {b}"
         return [a, b]
+    if name.startswith("03_"):
+        codename = codename_of(name).lower()
+        panel = shown(page)
+        sessions = panel.locator(".widget-dropdown select").nth(-2)  # the panel: session, user
+        a_id = next(
+            o for o in sessions.locator("option").all_inner_texts() if o.startswith("user-a-")
+        )
+        sessions.select_option(a_id)
+        a = send(page, "A", "What is the codename?")
+        assert a_id in a and codename in a.split("reply:", 1)[1].lower(), f"A's own session: {a}"
+        sessions.select_option(a_id)
+        output = panel.locator(".widget-output").last
+        refusals = output.inner_text().count("NotYourSession")
+        panel.locator(".widget-dropdown select").last.select_option("B")
+        panel.locator(".widget-text input").last.fill("What is the codename?")
+        panel.locator(".jupyter-widgets.widget-button", has_text="Send").last.click()
+        page.wait_for_function(
+            f"([n]) => [...{NODE}.querySelectorAll('.widget-output')].pop().innerText"
+            ".split('NotYourSession').length - 1 > n",
+            arg=[refusals],
+            timeout=REPLY_TIMEOUT_MS,
+        )
+        b = output.inner_text().rsplit("User B: the request failed", 1)[-1]
+        assert "refused" in b and a_id in b, f"B must be refused A's session: {b}"
+        assert codename not in b.lower(), f"the refusal must not leak A's conversation: {b}"
+        return [a, b]
     return []
 
 

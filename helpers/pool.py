@@ -1,0 +1,141 @@
+"""Short-lived sessions prepared ahead: created before the request, used once, deleted after.
+
+A request takes a ready session, binds it to its user (the tools, defined once, find the user
+through ``invocation.session_id``), sends one turn, and gives the session back; the pool then
+disconnects and deletes it in the background and creates a replacement. No session serves two
+requests, and ``close()`` waits until every session it made is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from copilot.session import CopilotSession
+
+CreateFn = Callable[[], Awaitable[CopilotSession]]
+DeleteFn = Callable[[CopilotSession], Awaitable[None]]
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed; it serves no more requests."""
+
+
+class SessionPool:
+    """Keep ``size`` sessions ready; each serves exactly one request."""
+
+    def __init__(self, create: CreateFn, delete: DeleteFn, size: int = 4) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size = size
+        self._create, self._delete = create, delete
+        self._ready: deque[CopilotSession] = deque()
+        self._users: dict[str, str] = {}
+        self._making = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.served: list[str] = []
+        self.created: set[str] = set()
+        self.deleted: set[str] = set()
+        self.errors: list[str] = []
+        self.closed = False
+
+    def user_of(self, session_id: str) -> str | None:
+        """The user whose request ``session_id`` is serving now, or ``None``."""
+        return self._users.get(session_id)
+
+    @property
+    def ready(self) -> int:
+        """Sessions created and waiting for a request."""
+        return len(self._ready)
+
+    async def fill(self) -> None:
+        """Create sessions until ``size`` are ready (all at once); wait for them."""
+        missing = max(0, self.size - len(self._ready) - self._making)
+        self._making += missing  # counted now, before any create starts, so refills never overshoot
+        await asyncio.gather(*(self._make_one() for _ in range(missing)))
+
+    async def _make_one(self) -> None:
+        try:
+            session = await self._create()
+        except Exception as exc:  # a failed refill must not break the requests
+            self.errors.append(f"create: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._making -= 1
+        self.created.add(session.session_id)
+        if self.closed:
+            self._background(self._retire(session))
+        else:
+            self._ready.append(session)
+
+    async def take(self, user: str) -> CopilotSession:
+        """A session for one request of ``user``: a ready one, or a new one when none is ready."""
+        if self.closed:
+            raise PoolClosed("the pool is closed")
+        if self._ready:
+            session = self._ready.popleft()
+        else:
+            session = await self._create()
+            self.created.add(session.session_id)
+        if session.session_id in self.served:
+            raise RuntimeError(f"session {session.session_id} would serve a second request")
+        self.served.append(session.session_id)
+        self._users[session.session_id] = user
+        self._background(self.fill())
+        return session
+
+    def give_back(self, session: CopilotSession) -> None:
+        """End the request: unbind the user now, disconnect and delete in the background."""
+        self._users.pop(session.session_id, None)
+        self._retiring.add(self._background(self._retire(session)))
+
+    @contextlib.asynccontextmanager
+    async def request(self, user: str) -> AsyncIterator[CopilotSession]:
+        """``async with pool.request("A") as session:`` one request in a prepared session."""
+        session = await self.take(user)
+        try:
+            yield session
+        finally:
+            self.give_back(session)
+
+    async def _retire(self, session: CopilotSession) -> None:
+        try:
+            await self._delete(session)
+            self.deleted.add(session.session_id)
+        except Exception as exc:
+            self.errors.append(f"delete {session.session_id}: {type(exc).__name__}: {exc}")
+
+    def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        for tasks in (self._tasks, self._retiring):
+            task.add_done_callback(tasks.discard)
+        self._tasks.add(task)
+        return task
+
+    async def settle(self, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` s) until the background deletes and refills are done."""
+        await self._wait(self._tasks, timeout)
+
+    async def deleted_all(self, timeout: float = 60.0) -> None:
+        """Wait (at most ``timeout`` s) until every returned session is deleted."""
+        await self._wait(self._retiring, timeout)
+
+    @staticmethod
+    async def _wait(tasks: set[asyncio.Task[None]], timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"{len(tasks)} background tasks still running")
+            await asyncio.wait(set(tasks), timeout=left)
+
+    async def close(self, timeout: float = 60.0) -> None:
+        """Serve no more requests; delete the ready sessions; wait for every delete."""
+        self.closed = True
+        await self.settle(timeout)
+        while self._ready:
+            self._background(self._retire(self._ready.popleft()))
+        await self.settle(timeout)

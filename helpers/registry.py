@@ -1,0 +1,111 @@
+"""Who owns which session: an application-level registry in an embedded SQLite file.
+
+The runtime has no idea of users: any client that knows a session id can resume or delete it.
+The application makes the ids (``user-<id>-<random hex>``, unguessable), records the owner of each
+one here, and checks every resume and delete against it *before* it reaches the runtime.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from copilot import CopilotClient
+from copilot.session import CopilotSession
+
+_USER = re.compile(r"[a-z0-9]{1,32}")
+
+
+class NotYourSession(PermissionError):
+    """The session id is unknown, or belongs to another user: refused before anything ran."""
+
+
+class SessionRegistry:
+    """Session id -> owner, kept in one SQLite file (one table, one row per session)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS sessions ("
+            " session_id TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL)"
+        )
+
+    def new_id(self, user: str) -> str:
+        """Make an unguessable id for a new session of ``user`` and record the owner."""
+        name = user.lower()
+        if not _USER.fullmatch(name):
+            raise ValueError(f"user {user!r}: use 1 to 32 letters or digits")
+        session_id = f"user-{name}-{secrets.token_hex(8)}"
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?)", (session_id, user, time.time())
+            )
+        return session_id
+
+    def owner(self, session_id: str) -> str | None:
+        """The user who owns ``session_id``, or ``None`` when the id is not ours."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT owner FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def check_owner(self, user: str, session_id: str) -> None:
+        """Raise ``NotYourSession`` unless ``user`` owns ``session_id``.
+
+        The message is the same for an unknown id and for another user's id, so a refusal never
+        tells a caller that some other user's session exists.
+        """
+        if self.owner(session_id) != user:
+            raise NotYourSession(
+                f"session {session_id!r} is not one of User {user}'s sessions: refused, "
+                "nothing was read, changed or deleted"
+            )
+
+    def sessions_of(self, user: str) -> list[str]:
+        """The ids ``user`` owns, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT session_id FROM sessions WHERE owner = ? ORDER BY created", (user,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def rows(self) -> list[dict[str, str]]:
+        """Every row, for display."""
+        with self._lock:
+            rows = self._db.execute("SELECT session_id, owner FROM sessions ORDER BY created")
+            return [{"session_id": sid, "owner": owner} for sid, owner in rows.fetchall()]
+
+    def forget(self, session_id: str) -> None:
+        """Remove the row of a deleted session."""
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+
+    def close(self) -> None:
+        """Close the database file."""
+        with self._lock:
+            self._db.close()
+
+
+async def owned_resume(
+    registry: SessionRegistry, client: CopilotClient, user: str, session_id: str, **options: Any
+) -> CopilotSession:
+    """Resume ``session_id`` for ``user`` only if ``user`` owns it (else ``NotYourSession``)."""
+    registry.check_owner(user, session_id)
+    return await client.resume_session(session_id, **options)
+
+
+async def owned_delete(
+    registry: SessionRegistry, client: CopilotClient, user: str, session_id: str
+) -> None:
+    """Delete ``session_id`` for ``user`` only if ``user`` owns it (else ``NotYourSession``)."""
+    registry.check_owner(user, session_id)
+    await client.delete_session(session_id)
+    registry.forget(session_id)

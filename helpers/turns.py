@@ -1,0 +1,48 @@
+"""Watch what a session does: the events it emits, with the time each one arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from copilot.session import CopilotSession
+
+
+class EventLog:
+    """Record a session's event types (deltas left out) with seconds since the log started."""
+
+    def __init__(self, session: CopilotSession) -> None:
+        self.start = time.perf_counter()
+        self.seen: list[tuple[float, str]] = []
+        self._changed = asyncio.Event()
+        self._stop = session.on(self._record)
+
+    def _record(self, event: object) -> None:
+        kind = getattr(getattr(event, "type", None), "value", str(getattr(event, "type", "?")))
+        if "delta" not in kind:
+            self.seen.append((time.perf_counter() - self.start, kind))
+            self._changed.set()
+
+    def count(self, kind: str) -> int:
+        """How many events of ``kind`` arrived so far."""
+        return sum(1 for _, k in self.seen if k == kind)
+
+    def first_after(self, kind: str, t: float) -> float | None:
+        """When the first ``kind`` event after ``t`` seconds arrived, or ``None``."""
+        return next((at for at, k in self.seen if k == kind and at > t), None)
+
+    def now(self) -> float:
+        """Seconds since the log started."""
+        return time.perf_counter() - self.start
+
+    async def wait_for(self, kind: str, count: int, timeout: float) -> float:
+        """Wait until ``count`` events of ``kind`` have arrived; return when the last one did."""
+        async with asyncio.timeout(timeout):
+            while self.count(kind) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return [at for at, k in self.seen if k == kind][count - 1]
+
+    def close(self) -> None:
+        """Stop recording."""
+        self._stop()
