@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import posixpath
 from collections import Counter
 from collections.abc import Callable
@@ -139,3 +140,27 @@ def store_fs(
 ) -> Callable[[Any], StoreFs]:
     """The ``create_session_fs_handler=`` factory: each session's files go to ``store``."""
     return lambda session: StoreFs(store, session.session_id, user, calls)
+
+
+EVENTS = "/session-state/events.jsonl"
+
+
+async def stored_events(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
+    """The session's ``events.jsonl`` as the store holds it, one dict per event."""
+    row = await store.read(session_id, EVENTS)
+    lines = row.content.splitlines() if row else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def user_texts(events: list[dict[str, Any]]) -> list[str]:
+    """The user messages among ``events``, in order."""
+    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
+
+
+def forks(events: list[dict[str, Any]]) -> int:
+    """How many events do not follow the event before them (0 for a linear history)."""
+    return sum(
+        1
+        for before, event in zip(events, events[1:], strict=False)
+        if event.get("parentId") != before.get("id")
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import time
 import urllib.parse
@@ -234,8 +235,8 @@ class PostgresStore(SessionStore):
 
     engine = "postgresql"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, schema: str = "") -> None:
+        self.url, self.schema = url, schema
         self._conn: Any = None
         self._lock = asyncio.Lock()
 
@@ -250,6 +251,9 @@ class PostgresStore(SessionStore):
             )
         except psycopg.OperationalError as exc:
             raise StoreError(_why(exc, parts, self.describe())) from None
+        if self.schema:
+            await self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await self._conn.execute(f'SET search_path TO "{self.schema}"')
         return self
 
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
@@ -264,7 +268,16 @@ class PostgresStore(SessionStore):
             await self._conn.close()
 
     def describe(self) -> str:
-        return f"PostgreSQL {safe_url(self.url)}"
+        where = f", schema {self.schema}" if self.schema else ""
+        return f"PostgreSQL {safe_url(self.url)}{where}"
+
+    def drop_schema(self) -> None:
+        """Remove this store's schema and every row in it (synchronous: for clean-up hooks)."""
+        import psycopg
+
+        if self.schema:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
 
 def safe_url(url: str) -> str:
@@ -306,12 +319,15 @@ def _why(exc: Exception, parts: urllib.parse.SplitResult, where: str) -> str:
     return f"Cannot open the session store ({where}): {reason}."
 
 
-async def open_store(run_folder: Path, database_url: str | None = None) -> SessionStore:
+async def open_store(
+    run_folder: Path, database_url: str | None = None, schema: str = ""
+) -> SessionStore:
     """PostgreSQL when ``database_url`` (default ``$DATABASE_URL``) is set, else SQLite.
 
     Args:
         run_folder: Where the SQLite file goes (``sessions.db`` in it).
         database_url: A ``postgresql://`` URL; ``None`` reads ``DATABASE_URL``.
+        schema: PostgreSQL only: keep the tables in this schema (one per run), created if missing.
 
     Returns:
         A store whose tables exist.
@@ -322,7 +338,9 @@ async def open_store(run_folder: Path, database_url: str | None = None) -> Sessi
     url = os.environ.get("DATABASE_URL", "") if database_url is None else database_url
     store: SessionStore
     if url:
-        store = await PostgresStore(url).connect()
+        if schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise StoreError(f"schema {schema!r}: use lowercase letters, digits and '_'")
+        store = await PostgresStore(url, schema).connect()
     else:
         store = SqliteStore(Path(run_folder) / "sessions.db")
     await store.create_tables()
