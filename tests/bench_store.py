@@ -92,9 +92,8 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    print(
-        f"medians of {args.rounds} rounds; TCP_NODELAY on; quickack {'off' if args.no_quickack else 'on'}"
-    )
+    ack = "off" if args.no_quickack else "on"
+    print(f"medians of {args.rounds} rounds; TCP_NODELAY on; quickack {ack}")
     table(rows)
 
 
