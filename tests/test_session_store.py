@@ -209,3 +209,14 @@ def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the server still accepts connections after stop()")
+
+
+def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import pg_server
+
+    monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
+    found = pg_server.find_bin_dir()
+    assert found is None or (found / "initdb").is_file(), "the Debian layout is searched too"
+    monkeypatch.setattr(pg_server, "find_bin_dir", lambda: None)
+    with pytest.raises(pg_server.PostgresNotFound, match="apt-get install postgresql"):
+        pg_server.start_postgres()
