@@ -44,8 +44,9 @@ async def measure(
         per_turn.append(sum((calls or Counter()).values()) - before)
         resumes.append((resumed - started) * 1000)
         await session.disconnect()
+    calls_per_turn = statistics.median(per_turn)
     return {
         "resume ms": round(statistics.median(resumes), 1),
         "turn ms": round(statistics.median(turns), 1),
-        "provider calls/turn": statistics.median(per_turn),
+        "provider calls/turn": int(calls_per_turn) if calls_per_turn % 1 == 0 else calls_per_turn,
     }
