@@ -14,9 +14,10 @@ import pytest
 
 from helpers.lease import Lease, LeaseBusy, LeaseExpired, held
 from helpers.pg_server import start_postgres
+from helpers.pg_store import safe_url
 from helpers.router import Router
 from helpers.session_fs import StoreFs, forks, user_texts
-from helpers.session_store import NotOwner, SessionStore, StoreError, open_store, safe_url
+from helpers.session_store import NotOwner, SessionStore, StoreError, open_store
 
 postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
 
