@@ -307,6 +307,17 @@ def drive_panel(page, name: str) -> list[str]:
         assert "refused" in b and a_id in b, f"B must be refused A's session: {b}"
         assert codename not in b.lower(), f"the refusal must not leak A's conversation: {b}"
         return [a, b]
+    if name.startswith("04_"):
+        codename = codename_of(name).lower()
+        a = send(page, "A", "What is the codename?")
+        assert codename in a.split("reply:", 1)[1].lower(), f"A's session knows it: {a}"
+        held_a = re.search(r"runtime-[12]; the store holds (\d+) turn", a)
+        assert held_a and int(held_a.group(1)) >= 2, f"the store should hold A's new turn: {a}"
+        b = send(page, "B", "What is the codename?")
+        assert codename not in b.split("reply:", 1)[1].lower(), f"B's session must not: {b}"
+        held_b = re.search(r"the store holds (\d+) turn", b)
+        assert held_b and int(held_b.group(1)) >= 1, f"the store should hold B's turn: {b}"
+        return [a, b]
     return []
 
 

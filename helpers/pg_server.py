@@ -1,0 +1,244 @@
+"""A throwaway PostgreSQL server under ``tmp/``: initdb, start on a free loopback port, remove."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import TMP, writable_dir
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"
+_GUARD = Path(__file__).with_name("_guard.py")
+UNPRIVILEGED = "nobody"
+
+
+class PostgresNotFound(RuntimeError):
+    """No ``initdb``/``postgres`` binaries on PATH or under /usr/lib/postgresql/*/bin."""
+
+
+class PostgresStartError(RuntimeError):
+    """The server did not start; the message quotes the end of its log."""
+
+
+def find_bin_dir() -> Path | None:
+    """The folder holding ``initdb`` and ``postgres``: PATH first, then the newest Debian one."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("postgres"):
+        return Path(on_path).resolve().parent
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for folder in reversed(versions):
+        if (folder / "initdb").is_file() and (folder / "postgres").is_file():
+            return folder
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PgServer:
+    """A running throwaway cluster; ``url`` holds its password (never print it)."""
+
+    url: str = field(repr=False)
+    port: int
+    root: Path
+    _guard: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _finalizer: weakref.finalize | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder (safe to call twice)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+
+    def __enter__(self) -> PgServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _as_user() -> dict[str, object]:
+    """Run as an unprivileged user when we are root (PostgreSQL refuses to run as root)."""
+    if os.geteuid() != 0:
+        return {}
+    entry = pwd.getpwnam(UNPRIVILEGED)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def start_postgres(root: Path | None = None, timeout: float = START_TIMEOUT_S) -> PgServer:
+    """Create a cluster in ``root`` (default a new folder in ``tmp/``) and start it.
+
+    Args:
+        root: A folder of its own for the cluster; removed again by ``stop()``.
+        timeout: Seconds to wait for the server to accept connections.
+
+    Returns:
+        The server; ``url`` is ``postgresql://postgres:<password>@127.0.0.1:<port>/tutorial``.
+
+    Raises:
+        PostgresNotFound: no binaries (the message says how to install them).
+        PostgresStartError: initdb or the server failed; the message quotes the log.
+    """
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise PostgresNotFound(INSTALL_HINT)
+    root = Path(root or TMP / f"pg-{os.getpid()}-{secrets.token_hex(3)}")
+    writable_dir(root)
+    user = _as_user()
+    if user:
+        os.chown(root, user["user"], user["group"])  # type: ignore[arg-type]
+    password = secrets.token_urlsafe(18)
+    server = PgServer(url="", port=0, root=root)
+    server._finalizer = weakref.finalize(server, _stop, None, root)
+    try:
+        _initdb(bin_dir, root, password, user)
+        port = _free_port()
+        guard = _launch(bin_dir, root, port, user)
+        server._finalizer.detach()
+        server._finalizer = weakref.finalize(server, _stop, guard, root)
+        server._guard, server.port = guard, port
+        base = f"postgresql://postgres:{password}@127.0.0.1:{port}"
+        _wait_ready(f"{base}/postgres", guard, root, time.monotonic() + timeout)
+        _create_database(f"{base}/postgres", "tutorial")
+        server.url = f"{base}/tutorial"
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _initdb(bin_dir: Path, root: Path, password: str, user: dict[str, object]) -> None:
+    pwfile = root / "pwfile"
+    pwfile.write_text(password)
+    if user:
+        os.chown(pwfile, user["user"], user["group"])  # type: ignore[arg-type]
+    pwfile.chmod(0o600)
+    done = subprocess.run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(root / "data"),
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(root),
+        **user,  # type: ignore[arg-type]
+    )
+    pwfile.unlink()
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:]).replace(password, "***")
+        raise PostgresStartError(f"initdb failed (exit code {done.returncode}):\n{tail}")
+
+
+def _launch(
+    bin_dir: Path, root: Path, port: int, user: dict[str, object]
+) -> subprocess.Popen[bytes]:
+    log = root / "server.log"
+    log.touch()
+    if user:
+        os.chown(log, user["user"], user["group"])  # type: ignore[arg-type]
+    command = [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(root / "data"),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        f"unix_socket_directories={root}",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+    ]
+    if user:  # the guard stays ours; only the server drops to the unprivileged user
+        ids = [f"--reuid={user['user']}", f"--regid={user['group']}", "--clear-groups"]
+        command = [_setpriv(), *ids, "--", *command]
+    return subprocess.Popen(
+        [sys.executable, str(_GUARD), str(log), "--", *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=str(root),
+    )
+
+
+def _setpriv() -> str:
+    found = shutil.which("setpriv")
+    if found is None:
+        raise PostgresStartError("running as root needs `setpriv` (util-linux) to drop privileges")
+    return found
+
+
+def _wait_ready(url: str, guard: subprocess.Popen[bytes], root: Path, deadline: float) -> None:
+    import psycopg
+
+    while True:
+        try:
+            psycopg.connect(url, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            pass
+        if guard.poll() is not None or time.monotonic() > deadline:
+            why = "exited" if guard.poll() is not None else "did not accept connections in time"
+            raise PostgresStartError(f"the PostgreSQL server {why}:\n{_log_tail(root)}")
+        time.sleep(0.1)
+
+
+def _create_database(url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+
+
+def _log_tail(root: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join((root / "server.log").read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log written)"
+
+
+def _stop(guard: subprocess.Popen[bytes] | None, root: Path) -> None:
+    """Close the guard's stdin (it stops the server's process group), then remove ``root``."""
+    if guard is not None:
+        try:
+            if guard.stdin is not None:
+                guard.stdin.close()
+        except OSError:
+            pass
+        try:
+            guard.wait(timeout=STOP_TIMEOUT_S + 5)
+        except subprocess.TimeoutExpired:
+            guard.kill()
+            guard.wait(timeout=STOP_TIMEOUT_S)
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""The session store's PostgreSQL engine (psycopg 3, async), and its URL handling."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from typing import Any
+
+from .session_store import SessionStore, StoreError
+
+CONNECT_TIMEOUT_S = 5
+
+
+class PostgresStore(SessionStore):
+    """The store in a PostgreSQL database, through psycopg 3's async connection."""
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, schema: str = "") -> None:
+        self.url, self.schema = url, schema
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> PostgresStore:
+        """Open the connection; raise ``StoreError`` with a clear, password-free message."""
+        import psycopg
+
+        parts = check_url(self.url)
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+            )
+        except psycopg.OperationalError as exc:
+            raise StoreError(_why(exc, parts, self.describe())) from None
+        if self.schema:
+            await self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await self._conn.execute(f'SET search_path TO "{self.schema}"')
+        return self
+
+    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
+        sql = sql.replace("?", "%s").replace("substr(path, %s)", "substr(path, %s::int)")
+        async with self._lock:
+            cursor = await self._conn.execute(sql, args)
+            rows = await cursor.fetchall() if cursor.description else []
+            return rows, cursor.rowcount
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    def describe(self) -> str:
+        where = f", schema {self.schema}" if self.schema else ""
+        return f"PostgreSQL {safe_url(self.url)}{where}"
+
+    def drop_schema(self) -> None:
+        """Remove this store's schema and every row in it (synchronous: for clean-up hooks)."""
+        import psycopg
+
+        if self.schema:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """Refuse anything that is not ``postgresql://user:password@host:port/dbname``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise StoreError(
+            "DATABASE_URL must look like postgresql://user:password@host:port/dbname "
+            f"(got {safe_url(url) if parts else 'an unparsable value'})"
+        )
+    return parts
+
+
+def _why(exc: Exception, parts: urllib.parse.SplitResult, where: str) -> str:
+    text = str(exc)
+    if parts.password:
+        text = text.replace(parts.password, "***")
+    if "password authentication failed" in text:
+        reason = f"password authentication failed for user {parts.username!r}: check DATABASE_URL"
+    elif "does not exist" in text and "database" in text:
+        reason = f"database {parts.path.lstrip('/')!r} does not exist: create it first"
+    elif "refused" in text or "timeout" in text or "could not translate" in text:
+        reason = "no PostgreSQL server answers there: start it, or fix host and port in the URL"
+    else:
+        reason = text.strip().splitlines()[-1] if text.strip() else type(exc).__name__
+    return f"Cannot open the session store ({where}): {reason}."

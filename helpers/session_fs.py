@@ -1,0 +1,166 @@
+"""A ``SessionFsProvider`` that keeps a session's files as rows of a ``SessionStore``."""
+
+from __future__ import annotations
+
+import errno
+import json
+import posixpath
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from copilot.rpc import SessionFSReaddirWithTypesEntry, SessionFSReaddirWithTypesEntryType
+from copilot.session_fs_provider import SessionFsFileInfo, SessionFsProvider
+
+from .session_store import Row, SessionStore
+
+# What every session_fs client of these notebooks passes as ``CopilotClient(session_fs=...)``.
+SESSION_FS = {
+    "initial_working_directory": "/",
+    "session_state_path": "/session-state",
+    "conventions": "posix",
+}
+
+
+def _missing(path: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+
+
+def _clean(path: str) -> str:
+    return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def _when(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+class StoreFs(SessionFsProvider):
+    """One session's files, read and written as rows: ``(session id, path) -> content``."""
+
+    def __init__(
+        self, store: SessionStore, session_id: str, user: str, calls: Counter[str] | None = None
+    ) -> None:
+        self.store, self.session_id, self.user = store, session_id, user
+        self.calls: Counter[str] = calls if calls is not None else Counter()
+
+    def _count(self, name: str, path: str) -> str:
+        self.calls[name] += 1
+        return _clean(path)
+
+    async def _row(self, path: str) -> Row | None:
+        return await self.store.read(self.session_id, path)
+
+    async def _is_dir(self, path: str) -> bool:
+        if path == "/":
+            return True
+        row = await self._row(path)
+        if row is not None:
+            return row.kind == "directory"
+        return bool(await self.store.under(self.session_id, path))
+
+    async def read_file(self, path: str) -> str:
+        path = self._count("read_file", path)
+        row = await self._row(path)
+        if row is None or row.kind != "file":
+            raise _missing(path)
+        return row.content
+
+    async def write_file(self, path: str, content: str, mode: int | None = None) -> None:
+        path = self._count("write_file", path)
+        await self.store.write(self.session_id, self.user, path, content, "file")
+
+    async def append_file(self, path: str, content: str, mode: int | None = None) -> None:
+        path = self._count("append_file", path)
+        await self.store.append(self.session_id, self.user, path, content)
+
+    async def exists(self, path: str) -> bool:
+        path = self._count("exists", path)
+        return await self._row(path) is not None or await self._is_dir(path)
+
+    async def stat(self, path: str) -> SessionFsFileInfo:
+        path = self._count("stat", path)
+        row = await self._row(path)
+        if row is not None:
+            size = len(row.content.encode()) if row.kind == "file" else 0
+            return SessionFsFileInfo(
+                is_file=row.kind == "file",
+                is_directory=row.kind == "directory",
+                size=size,
+                mtime=_when(row.modified_at),
+                birthtime=_when(row.created_at),
+            )
+        if await self._is_dir(path):
+            now = datetime.now(UTC)
+            return SessionFsFileInfo(False, True, 0, now, now)
+        raise _missing(path)
+
+    async def mkdir(self, path: str, recursive: bool, mode: int | None = None) -> None:
+        path = self._count("mkdir", path)
+        if not await self._is_dir(path):
+            await self.store.write(self.session_id, self.user, path, "", "directory")
+
+    async def _entries(self, path: str) -> dict[str, str]:
+        if not await self._is_dir(path):
+            raise _missing(path)
+        prefix = path.rstrip("/") + "/"
+        entries: dict[str, str] = {}
+        for row in await self.store.under(self.session_id, path):
+            name, *rest = row.path[len(prefix) :].split("/")
+            entries[name] = "directory" if rest or row.kind == "directory" else "file"
+        return entries
+
+    async def readdir(self, path: str) -> list[str]:
+        path = self._count("readdir", path)
+        return sorted(await self._entries(path))
+
+    async def readdir_with_types(self, path: str) -> list[SessionFSReaddirWithTypesEntry]:
+        path = self._count("readdir_with_types", path)
+        return [
+            SessionFSReaddirWithTypesEntry(name, SessionFSReaddirWithTypesEntryType(kind))
+            for name, kind in sorted((await self._entries(path)).items())
+        ]
+
+    async def rm(self, path: str, recursive: bool, force: bool) -> None:
+        path = self._count("rm", path)
+        removed = await self.store.remove(self.session_id, path, recursive)
+        if not removed and not force:
+            raise _missing(path)
+
+    async def rename(self, src: str, dest: str) -> None:
+        src = self._count("rename", src)
+        dest = _clean(dest)
+        if await self._row(src) is None and not await self._is_dir(src):
+            raise _missing(src)
+        await self.store.move(self.session_id, src, dest)
+
+
+def store_fs(
+    store: SessionStore, user: str, calls: Counter[str] | None = None
+) -> Callable[[Any], StoreFs]:
+    """The ``create_session_fs_handler=`` factory: each session's files go to ``store``."""
+    return lambda session: StoreFs(store, session.session_id, user, calls)
+
+
+EVENTS = "/session-state/events.jsonl"
+
+
+async def stored_events(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
+    """The session's ``events.jsonl`` as the store holds it, one dict per event."""
+    row = await store.read(session_id, EVENTS)
+    lines = row.content.splitlines() if row else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def user_texts(events: list[dict[str, Any]]) -> list[str]:
+    """The user messages among ``events``, in order."""
+    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
+
+
+def forks(events: list[dict[str, Any]]) -> int:
+    """How many events do not follow the event before them (0 for a linear history)."""
+    return sum(
+        1
+        for before, event in zip(events, events[1:], strict=False)
+        if event.get("parentId") != before.get("id")
+    )

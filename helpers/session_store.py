@@ -1,0 +1,257 @@
+"""Session files as rows in the application's database: SQLite by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS session_files (
+        session_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        content TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        modified_at DOUBLE PRECISION NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (session_id, path))""",
+    """CREATE TABLE IF NOT EXISTS session_leases (
+        session_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL)""",
+)
+
+
+class StoreError(RuntimeError):
+    """The session store cannot be used as configured."""
+
+
+class NotOwner(StoreError):
+    """A session id that belongs to another user."""
+
+
+@dataclass
+class Row:
+    """One file or folder of a session, as stored."""
+
+    session_id: str
+    path: str
+    content: str
+    kind: str
+    created_at: float
+    modified_at: float
+    user_id: str
+
+
+_COLUMNS = "session_id, path, content, kind, created_at, modified_at, user_id"
+
+
+class SessionStore:
+    """One interface over two engines; subclasses only say how to run a statement."""
+
+    engine = "?"
+
+    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
+        """Run one statement; return its rows and the number of rows it changed."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the connection."""
+
+    def describe(self) -> str:
+        """Where the rows live, without any password."""
+        raise NotImplementedError
+
+    async def create_tables(self) -> None:
+        """Create the tables if they are missing (safe to call again)."""
+        for sql in TABLES:
+            await self.execute(sql)
+
+    async def read(self, session_id: str, path: str) -> Row | None:
+        """The row of ``path`` in the session, or ``None``."""
+        rows, _ = await self.execute(
+            f"SELECT {_COLUMNS} FROM session_files WHERE session_id = ? AND path = ?",
+            (session_id, path),
+        )
+        return Row(*rows[0]) if rows else None
+
+    async def write(self, session_id: str, user: str, path: str, content: str, kind: str) -> None:
+        """Create or replace ``path`` (a ``file`` or a ``directory``)."""
+        now = time.time()
+        await self.execute(
+            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (session_id, path) DO UPDATE SET content = excluded.content, "
+            "kind = excluded.kind, modified_at = excluded.modified_at",
+            (session_id, path, content, kind, now, now, user),
+        )
+
+    async def append(self, session_id: str, user: str, path: str, content: str) -> None:
+        """Append to a file in one statement (created when missing)."""
+        now = time.time()
+        await self.execute(
+            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, 'file', ?, ?, ?) "
+            "ON CONFLICT (session_id, path) DO UPDATE SET "
+            "content = session_files.content || excluded.content, "
+            "modified_at = excluded.modified_at",
+            (session_id, path, content, now, now, user),
+        )
+
+    async def under(self, session_id: str, folder: str) -> list[Row]:
+        """Every row strictly inside ``folder``."""
+        prefix = folder.rstrip("/") + "/"
+        rows, _ = await self.execute(
+            f"SELECT {_COLUMNS} FROM session_files "
+            "WHERE session_id = ? AND substr(path, 1, ?) = ? ORDER BY path",
+            (session_id, len(prefix), prefix),
+        )
+        return [Row(*r) for r in rows]
+
+    async def remove(self, session_id: str, path: str, recursive: bool) -> int:
+        """Delete ``path`` (and, when ``recursive``, all under it); return rows deleted."""
+        _, count = await self.execute(
+            "DELETE FROM session_files WHERE session_id = ? AND path = ?", (session_id, path)
+        )
+        if recursive:
+            prefix = path.rstrip("/") + "/"
+            _, more = await self.execute(
+                "DELETE FROM session_files WHERE session_id = ? AND substr(path, 1, ?) = ?",
+                (session_id, len(prefix), prefix),
+            )
+            count += more
+        return count
+
+    async def move(self, session_id: str, src: str, dest: str) -> None:
+        """Rename ``src`` (a file, or a folder with everything in it) to ``dest``."""
+        await self.remove(session_id, dest, recursive=True)
+        await self.execute(
+            "UPDATE session_files SET path = ? WHERE session_id = ? AND path = ?",
+            (dest, session_id, src),
+        )
+        prefix = src.rstrip("/") + "/"
+        await self.execute(
+            "UPDATE session_files SET path = ? || substr(path, ?) "
+            "WHERE session_id = ? AND substr(path, 1, ?) = ?",
+            (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
+        )
+
+    async def owner(self, session_id: str) -> str | None:
+        """The user whose rows hold this session, or ``None`` for an unknown id."""
+        rows, _ = await self.execute(
+            "SELECT user_id FROM session_files WHERE session_id = ? LIMIT 1", (session_id,)
+        )
+        return rows[0][0] if rows else None
+
+    async def check_owner(self, session_id: str, user: str) -> None:
+        """Raise ``NotOwner`` when the session exists and belongs to someone else."""
+        owner = await self.owner(session_id)
+        if owner is not None and owner != user:
+            raise NotOwner(f"session {session_id!r} is not a session of user {user!r}")
+
+    async def rows(self, user: str | None = None, session_id: str | None = None) -> list[Row]:
+        """All rows, or those of one user and/or one session."""
+        where, args = ["1 = 1"], []
+        if user is not None:
+            where, args = [*where, "user_id = ?"], [*args, user]
+        if session_id is not None:
+            where, args = [*where, "session_id = ?"], [*args, session_id]
+        rows, _ = await self.execute(
+            f"SELECT {_COLUMNS} FROM session_files WHERE {' AND '.join(where)} "
+            "ORDER BY session_id, path",
+            tuple(args),
+        )
+        return [Row(*r) for r in rows]
+
+    async def delete_user(self, user: str) -> int:
+        """Delete every row (and lease) of the user's sessions; return the file rows deleted."""
+        sessions = {row.session_id for row in await self.rows(user=user)}
+        for session_id in sessions:
+            await self.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
+        _, count = await self.execute("DELETE FROM session_files WHERE user_id = ?", (user,))
+        return count
+
+    async def try_lease(self, session_id: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease when it is free, expired or already ours; True if we hold it."""
+        now = time.time()
+        _, changed = await self.execute(
+            "INSERT INTO session_leases (session_id, holder, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (session_id) DO UPDATE SET holder = excluded.holder, "
+            "expires_at = excluded.expires_at "
+            "WHERE session_leases.expires_at < ? OR session_leases.holder = excluded.holder",
+            (session_id, holder, now + ttl_s, now),
+        )
+        return changed == 1
+
+    async def lease_of(self, session_id: str) -> tuple[str, float] | None:
+        """The current lease (holder, expiry as a UNIX time), or ``None``."""
+        rows, _ = await self.execute(
+            "SELECT holder, expires_at FROM session_leases WHERE session_id = ?", (session_id,)
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def drop_lease(self, session_id: str, holder: str) -> bool:
+        """Release the lease if ``holder`` holds it; True if it did."""
+        _, changed = await self.execute(
+            "DELETE FROM session_leases WHERE session_id = ? AND holder = ?", (session_id, holder)
+        )
+        return changed == 1
+
+
+class SqliteStore(SessionStore):
+    """The store in one SQLite file (nothing to install)."""
+
+    engine = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+
+    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
+        cursor = self._db.execute(sql, args)
+        return cursor.fetchall(), cursor.rowcount
+
+    async def close(self) -> None:
+        self._db.close()
+
+    def describe(self) -> str:
+        from .paths import relative
+
+        return f"SQLite file {relative(self.path)}"
+
+
+async def open_store(
+    run_folder: Path, database_url: str | None = None, schema: str = ""
+) -> SessionStore:
+    """PostgreSQL when ``database_url`` (default ``$DATABASE_URL``) is set, else SQLite.
+
+    Args:
+        run_folder: Where the SQLite file goes (``sessions.db`` in it).
+        database_url: A ``postgresql://`` URL; ``None`` reads ``DATABASE_URL``.
+        schema: PostgreSQL only: keep the tables in this schema (one per run), created if missing.
+
+    Returns:
+        A store whose tables exist.
+
+    Raises:
+        StoreError: a bad URL, an unreachable server, a wrong password (no password shown).
+    """
+    url = os.environ.get("DATABASE_URL", "") if database_url is None else database_url
+    store: SessionStore
+    if url:
+        if schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise StoreError(f"schema {schema!r}: use lowercase letters, digits and '_'")
+        from .pg_store import PostgresStore
+
+        store = await PostgresStore(url, schema).connect()
+    else:
+        store = SqliteStore(Path(run_folder) / "sessions.db")
+    await store.create_tables()
+    return store

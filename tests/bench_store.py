@@ -1,0 +1,101 @@
+"""Benchmark: resume and one turn with a session's files in a local directory, SQLite, PostgreSQL.
+
+Run: .venv/bin/python tests/bench_store.py [--rounds 20] [--no-quickack]
+Uses the local stand-in model, which answers at once, so the figures are SDK + runtime + store.
+PostgreSQL: the server in DATABASE_URL, else a throwaway one (needs PostgreSQL's binaries).
+Prints figures only; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections import Counter
+
+from copilot import CopilotClient
+
+from helpers import quickack
+from helpers.backends import choose_backend
+from helpers.costs import measure
+from helpers.paths import relative, remove_dir, run_dir
+from helpers.pg_server import find_bin_dir, start_postgres
+from helpers.runtime import start_server
+from helpers.session_fs import SESSION_FS, store_fs
+from helpers.session_store import open_store
+
+TIMEOUT = 60
+
+
+async def bench(rounds: int, database_url: str) -> list[dict[str, object]]:
+    run = run_dir("bench-store")
+    backend = choose_backend("local", env={})
+    env, remove = backend.server_env, backend.server_remove_env
+    plain = start_server(env, home=run / "plain", remove_env=remove)
+    with_fs = start_server(env, home=run / "with-fs", remove_env=remove)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        options = dict(available_tools=[], **backend.session_kwargs())
+        async with CopilotClient(mode="empty", connection=plain.connection()) as client:
+            local = dict(config_directory=str(run / "local-dir"), **options)
+            results["local directory"] = await measure(client, "b-local", local, rounds, TIMEOUT)
+        stores = {"SQLite": await open_store(run, "")}
+        if database_url:
+            stores["PostgreSQL"] = await open_store(run, database_url, schema="bench_store")
+        connection = with_fs.connection()
+        async with CopilotClient(mode="empty", connection=connection, session_fs=SESSION_FS) as c:
+            for label, store in stores.items():
+                calls: Counter[str] = Counter()
+                opts = dict(create_session_fs_handler=store_fs(store, "bench", calls), **options)
+                results[label] = await measure(c, f"b-{label}", opts, rounds, TIMEOUT, calls)
+        for store in stores.values():
+            if store.engine == "postgresql":
+                store.drop_schema()  # type: ignore[attr-defined]
+            await store.close()
+    finally:
+        plain.stop()
+        with_fs.stop()
+        backend.close()
+        remove_dir(run)
+    base = results["local directory"]
+    return [
+        {
+            "where the files are": label,
+            "resume ms": row["resume ms"],
+            "resume ratio": f"{row['resume ms'] / base['resume ms']:.2f}x",
+            "turn ms": row["turn ms"],
+            "turn ratio": f"{row['turn ms'] / base['turn ms']:.2f}x",
+            "provider calls/turn": row["provider calls/turn"],
+        }
+        for label, row in results.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="resume + turn rounds per store")
+    parser.add_argument("--no-quickack", action="store_true", help="clients ACK as Linux likes")
+    args = parser.parse_args()
+    from helpers.display import table
+
+    url = os.environ.get("DATABASE_URL", "")
+    server = None
+    if not url and find_bin_dir() is not None:
+        server = start_postgres()
+        url = server.url
+        print(f"PostgreSQL: a throwaway server in {relative(server.root)}")
+    elif not url:
+        print("PostgreSQL: skipped (no DATABASE_URL, no binaries: apt-get install postgresql)")
+    try:
+        with quickack.quickack(not args.no_quickack):
+            rows = asyncio.run(bench(args.rounds, url))
+    finally:
+        if server is not None:
+            server.stop()
+    ack = "off" if args.no_quickack else "on"
+    print(f"medians of {args.rounds} rounds; TCP_NODELAY on; quickack {ack}")
+    table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The session store on both engines: files, ownership, leases, errors; the provider over it."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pg_fixture
+import psycopg
+import pytest
+
+from helpers.lease import Lease, LeaseBusy, LeaseExpired, held
+from helpers.pg_server import start_postgres
+from helpers.pg_store import safe_url
+from helpers.router import Router
+from helpers.session_fs import StoreFs, forks, user_texts
+from helpers.session_store import NotOwner, SessionStore, StoreError, open_store
+
+postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
+    if request.param == "sqlite":
+        opened = await open_store(tmp_path, "")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        opened = await open_store(tmp_path, url, schema=f"t_{secrets.token_hex(4)}")
+    yield opened
+    if opened.engine == "postgresql":
+        opened.drop_schema()  # type: ignore[attr-defined]
+    await opened.close()
+
+
+async def test_files_round_trip(store: SessionStore) -> None:
+    await store.write("s1", "A", "/state/events.jsonl", '{"a": 1}\n', "file")
+    await store.append("s1", "A", "/state/events.jsonl", '{"b": "it\'s 100%_"}\n')
+    await store.append("s1", "A", "/state/new.txt", "created by append")
+    row = await store.read("s1", "/state/events.jsonl")
+    assert row is not None and row.content == '{"a": 1}\n{"b": "it\'s 100%_"}\n'
+    assert row.kind == "file" and row.user_id == "A" and row.modified_at >= row.created_at
+    assert [r.path for r in await store.under("s1", "/state")] == [
+        "/state/events.jsonl",
+        "/state/new.txt",
+    ]
+    await store.move("s1", "/state", "/moved")
+    assert await store.read("s1", "/state/new.txt") is None
+    assert (await store.read("s1", "/moved/new.txt")).content == "created by append"  # type: ignore[union-attr]
+    assert await store.remove("s1", "/moved", recursive=True) == 2
+    assert await store.rows(session_id="s1") == []
+
+
+async def test_ownership_and_deleting_a_user(store: SessionStore) -> None:
+    await store.write("a-1", "A", "/f", "A's secret", "file")
+    await store.write("b-1", "B", "/f", "B's note", "file")
+    await store.check_owner("a-1", "A")
+    await store.check_owner("new-session", "B")  # unknown ids are free to create
+    with pytest.raises(NotOwner, match="'a-1' is not a session of user 'B'"):
+        await store.check_owner("a-1", "B")
+    assert await store.try_lease("a-1", "runtime-1", 30)
+    assert await store.delete_user("A") == 1
+    assert await store.rows(user="A") == [] and await store.lease_of("a-1") is None
+    assert [r.content for r in await store.rows()] == ["B's note"]
+
+
+async def test_lease_one_holder_at_a_time(store: SessionStore) -> None:
+    first = await Lease(store, "s", "runtime-1", ttl_s=30).acquire()
+    with pytest.raises(LeaseBusy, match="held by runtime-1; runtime-2 waited 0.1 s"):
+        await Lease(store, "s", "runtime-2", ttl_s=30).acquire(wait_s=0.1)
+
+    async def release_soon() -> None:
+        await asyncio.sleep(0.2)
+        assert await first.release()
+
+    waiting = Lease(store, "s", "runtime-2", ttl_s=30)
+    await asyncio.gather(release_soon(), waiting.acquire(wait_s=10))
+    assert (await store.lease_of("s"))[0] == "runtime-2"  # type: ignore[index]
+    await waiting.check()
+    assert not await first.release(), "a holder that let go cannot release another's lease"
+
+
+async def test_expired_lease_passes_on_and_is_detected(store: SessionStore) -> None:
+    stale = await Lease(store, "s", "runtime-1", ttl_s=0.05).acquire()
+    await asyncio.sleep(0.1)
+    await Lease(store, "s", "runtime-2", ttl_s=30).acquire()
+    with pytest.raises(LeaseExpired, match="now held by runtime-2"):
+        await stale.check()
+    with pytest.raises(LeaseExpired):
+        await stale.renew()
+    with pytest.raises(LeaseExpired, match="expired before the turn ended"):
+        async with held(store, "t", "runtime-1", ttl_s=0.01):
+            await asyncio.sleep(0.05)
+    assert await store.lease_of("t") is None, "held() releases even when the lease expired"
+
+
+async def test_missing_tables_are_created(store: SessionStore, tmp_path: Path) -> None:
+    await store.write("s", "A", "/f", "x", "file")
+    await store.execute("DROP TABLE session_files")
+    await store.create_tables()
+    assert await store.rows() == []
+    await store.write("s", "A", "/f", "again", "file")
+    assert (await store.read("s", "/f")).content == "again"  # type: ignore[union-attr]
+
+
+async def test_provider_over_the_store(store: SessionStore) -> None:
+    fs = StoreFs(store, "s", "A")
+    await fs.mkdir("/session-state/checkpoints", recursive=True)
+    await fs.write_file("/session-state/workspace.yaml", "id: s\n")
+    await fs.append_file("/session-state/events.jsonl", "one\n")
+    await fs.append_file("session-state/events.jsonl", "two\n")
+    assert await fs.read_file("/session-state/events.jsonl") == "one\ntwo\n"
+    assert await fs.exists("/session-state") and not await fs.exists("/nope")
+    info = await fs.stat("/session-state/events.jsonl")
+    assert info.is_file and info.size == 8
+    assert (await fs.stat("/session-state")).is_directory
+    assert await fs.readdir("/session-state") == ["checkpoints", "events.jsonl", "workspace.yaml"]
+    typed = {e.name: e.type.value for e in await fs.readdir_with_types("/session-state")}
+    assert typed == {"checkpoints": "directory", "events.jsonl": "file", "workspace.yaml": "file"}
+    await fs.rename("/session-state/workspace.yaml", "/session-state/ws.yaml")
+    assert await fs.read_file("/session-state/ws.yaml") == "id: s\n"
+    for missing in (fs.read_file("/x"), fs.stat("/x"), fs.readdir("/x"), fs.rm("/x", False, False)):
+        with pytest.raises(FileNotFoundError):
+            await missing
+    await fs.rm("/x", False, force=True)
+    await fs.rm("/session-state", recursive=True, force=False)
+    assert await store.rows() == [] and fs.calls["append_file"] == 2
+
+
+def test_history_helpers() -> None:
+    linear = [{"id": "1"}, {"id": "2", "parentId": "1"}, {"id": "3", "parentId": "2"}]
+    forked = [*linear, {"id": "4", "parentId": "2"}]
+    assert forks(linear) == 0 and forks(forked) == 1
+    said = [{"type": "user.message", "data": {"content": "hi"}}, {"type": "x", "data": {}}]
+    assert user_texts(said) == ["hi"]
+
+
+async def test_router_picks_and_holds_the_lease(store: SessionStore) -> None:
+    holders: list[tuple[str, str]] = []
+
+    async def turn(client: str, session_id: str, user: str, message: str) -> str:
+        holders.append((client, (await store.lease_of(session_id))[0]))  # type: ignore[index]
+        await store.append(session_id, user, "/log", message)
+        return f"{client} got {message}"
+
+    router = Router({"r1": "r1", "r2": "r2"}, store, turn)
+    results = await asyncio.gather(*(router.send(f"u{n}", f"s{n}", "hi") for n in range(4)))
+    assert {runtime for runtime, _ in results} == {"r1", "r2"}, "least busy spreads the load"
+    assert all(client == holder for client, holder in holders), "the lease names the runtime"
+    assert [await store.lease_of(f"s{n}") for n in range(4)] == [None] * 4
+    with pytest.raises(NotOwner):
+        await router.send("intruder", "s1", "hi")
+    hashed = Router({"r1": "r1", "r2": "r2"}, store, turn, strategy="hash")
+    assert len({hashed.pick("same") for _ in range(5)}) == 1
+    with pytest.raises(ValueError, match="not one of"):
+        Router({"r1": "r1"}, store, turn, strategy="random")
+
+
+async def test_bad_urls_and_passwords_get_clear_errors(tmp_path: Path, postgres_url: str) -> None:
+    password = postgres_url.split(":")[2].split("@")[0]
+    wrong = postgres_url.replace(f":{password}@", ":Wrong-Pass-123@")
+    with pytest.raises(StoreError, match="password authentication failed") as failed:
+        await open_store(tmp_path, wrong)
+    assert "Wrong-Pass-123" not in str(failed.value) and password not in str(failed.value)
+    port = postgres_url.rsplit(":", 1)[1].split("/")[0]
+    unreachable = postgres_url.replace(f":{port}/", ":1/")
+    with pytest.raises(StoreError, match="no PostgreSQL server answers") as failed:
+        await open_store(tmp_path, unreachable)
+    assert password not in str(failed.value)
+    with pytest.raises(StoreError, match="does not exist"):
+        await open_store(tmp_path, postgres_url.rsplit("/", 1)[0] + "/no_such_db")
+    for bad in ("mysql://u:p@h/db", "postgresql://u:p@host:notaport/db", "not a url"):
+        with pytest.raises(StoreError, match="must look like postgresql://") as failed:
+            await open_store(tmp_path, bad)
+        assert ":p@" not in str(failed.value)
+    with pytest.raises(StoreError, match="schema"):
+        await open_store(tmp_path, postgres_url, schema="Robert'); DROP")
+    assert password not in safe_url(postgres_url)
+
+
+async def test_a_missing_table_on_postgresql_is_created_on_first_use(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA fresh_one")
+    store = await open_store(tmp_path, postgres_url, schema="fresh_one")
+    try:
+        await store.write("s", "A", "/f", "x", "file")
+        assert len(await store.rows()) == 1
+    finally:
+        store.drop_schema()  # type: ignore[attr-defined]
+        await store.close()
+
+
+def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
+    server = start_postgres()
+    root, url = server.root, server.url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    server.stop()
+    server.stop()
+    assert not root.exists(), "its folder is removed"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            psycopg.connect(url, connect_timeout=1).close()
+        except psycopg.OperationalError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the server still accepts connections after stop()")
+
+
+def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import pg_server
+
+    monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
+    found = pg_server.find_bin_dir()
+    assert found is None or (found / "initdb").is_file(), "the Debian layout is searched too"
+    monkeypatch.setattr(pg_server, "find_bin_dir", lambda: None)
+    with pytest.raises(pg_server.PostgresNotFound, match="apt-get install postgresql"):
+        pg_server.start_postgres()
