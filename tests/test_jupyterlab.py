@@ -68,6 +68,10 @@ class Lab:
         settings.mkdir(parents=True)
         # Render every cell, so the DOM holds the whole notebook (the default virtualises).
         (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+        # No news pop-up over the screenshots, and no fetch of Jupyter's news feed.
+        news = home / "settings" / "@jupyterlab" / "apputils-extension"
+        news.mkdir(parents=True)
+        (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
         env = dict(
             os.environ,
             JUPYTER_PATH=str(REPO_ROOT / ".venv" / "share" / "jupyter"),
