@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -83,6 +84,23 @@ def _as_user() -> dict[str, object]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def _default_root(unprivileged: bool) -> Path:
+    """A new folder for the cluster: in ``tmp/`` when the server can reach it, else the system's.
+
+    The server's Unix socket lives in this folder (a socket path must stay under ~100 bytes), and
+    when we are root the server runs as ``nobody``, which must be able to enter every parent folder
+    (a clone under a private home, such as ``/root``, is not).
+    """
+    name = f"pg-{os.getpid()}-{secrets.token_hex(3)}"
+    here = TMP / name
+    reachable = not unprivileged or all(
+        p.stat().st_mode & 0o001 for p in [TMP, *TMP.parents] if p.exists()
+    )
+    if reachable and len(str(here)) + len("/.s.PGSQL.65535") < 100:
+        return here
+    return Path(tempfile.mkdtemp(prefix=f"copilot-tutorial-{name}-"))
+
+
 def start_postgres(root: Path | None = None, timeout: float = START_TIMEOUT_S) -> PgServer:
     """Create a cluster in ``root`` (default a new folder in ``tmp/``) and start it.
 
@@ -100,9 +118,9 @@ def start_postgres(root: Path | None = None, timeout: float = START_TIMEOUT_S) -
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise PostgresNotFound(INSTALL_HINT)
-    root = Path(root or TMP / f"pg-{os.getpid()}-{secrets.token_hex(3)}")
-    writable_dir(root)
     user = _as_user()
+    root = Path(root or _default_root(bool(user)))
+    writable_dir(root)
     if user:
         os.chown(root, user["user"], user["group"])  # type: ignore[arg-type]
     password = secrets.token_urlsafe(18)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,3 +223,24 @@ def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(pg_server, "find_bin_dir", lambda: None)
     with pytest.raises(pg_server.PostgresNotFound, match="apt-get install postgresql"):
         pg_server.start_postgres()
+
+
+def test_the_cluster_folder_is_one_the_server_can_enter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root the server runs as nobody: a clone under a private folder puts it in system temp."""
+    from helpers import pg_server
+
+    private = Path(tempfile.mkdtemp(prefix="pv"))  # short, like a clone in /root
+    chosen: list[Path] = []
+    try:
+        (private / "clone" / "tmp").mkdir(parents=True)
+        private.chmod(0o700)
+        monkeypatch.setattr(pg_server, "TMP", private / "clone" / "tmp")
+        assert pg_server._default_root(unprivileged=False).parent == pg_server.TMP
+        chosen.append(pg_server._default_root(unprivileged=True))
+        assert not chosen[-1].is_relative_to(private), "nobody could not enter a folder under it"
+        monkeypatch.setattr(pg_server, "TMP", Path("/tmp") / ("x" * 120))
+        chosen.append(pg_server._default_root(unprivileged=False))
+        assert len(str(chosen[-1])) + len("/.s.PGSQL.65535") < 108, "the socket path must fit"
+    finally:
+        for folder in [*chosen, private]:
+            shutil.rmtree(folder, ignore_errors=True)
