@@ -1,9 +1,10 @@
-"""Benchmark: a short-lived request three ways on one shared runtime (prints figures only).
+"""Benchmark: a short-lived request four ways on one shared runtime (prints figures only).
 
 Run: .venv/bin/python tests/bench_requests.py [--requests 40] [--levels 1 4 16] [--prompt TEXT]
 
 naive: notebook 02's request (create with file tools, send, disconnect, delete) on the SDK's
-default transport; naive + TCP_NODELAY: the same on a client with TCP_NODELAY; prepared-ahead:
+default transport; naive + TCP_NODELAY: the same on a client with TCP_NODELAY; the same with
+TCP_QUICKACK re-armed after each read as well (helpers/quickack.py); prepared-ahead (TCP_NODELAY):
 sessions created ahead into a pool as large as the concurrency, tools defined once and routed by
 session id, one request per session, disconnect+delete in the background (each measurement ends
 when the last background delete is done, so that work counts against throughput). Uses the local
@@ -24,7 +25,7 @@ matplotlib.use("Agg")
 
 from copilot import CopilotClient  # noqa: E402
 
-from helpers import transport  # noqa: E402
+from helpers import quickack, transport  # noqa: E402
 from helpers.backends import choose_backend  # noqa: E402
 from helpers.display import table, text_of  # noqa: E402
 from helpers.file_tools import ALLOWLIST, file_tools  # noqa: E402
@@ -37,6 +38,7 @@ from helpers.vfs import VirtualFS  # noqa: E402
 
 TIMEOUT = 60
 NAIVE, NODELAY, PREPARED = "naive (default transport)", "naive + TCP_NODELAY", "prepared-ahead"
+QUICKACK = "naive + TCP_NODELAY + TCP_QUICKACK"
 
 
 async def long_lived_turn_ms(client: CopilotClient, kwargs: dict, turns: int) -> float:
@@ -61,12 +63,16 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
     print(f"runtime started in {server.startup_seconds:.2f} s; prompt: {prompt!r}")
     try:
-        with transport.nodelay(False):
+        with transport.nodelay(False), quickack.quickack(False):
             plain = CopilotClient(mode="empty", connection=server.connection())
             await plain.start()
-        fast = CopilotClient(mode="empty", connection=server.connection())
-        await fast.start()
+        with quickack.quickack(False):
+            fast = CopilotClient(mode="empty", connection=server.connection())
+            await fast.start()
+        quick = CopilotClient(mode="empty", connection=server.connection())  # both options on
+        await quick.start()
         assert not transport.has_nodelay(plain) and transport.has_nodelay(fast)
+        assert quickack.has_quickack(quick) and not quickack.has_quickack(fast)
 
         async def naive(client: CopilotClient, i: int) -> None:
             fs = filesystems["AB"[i % 2]]
@@ -98,6 +104,7 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
         for warm in range(2):  # both clients and the pool path once, untimed
             await naive(plain, warm)
             await naive(fast, warm)
+            await naive(quick, warm)
         await pool.fill()
         await prepared(0)
         await pool.deleted_all()
@@ -107,6 +114,7 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
             count = max(requests, 2 * level)
             results.append(await measure(NAIVE, lambda i: naive(plain, i), level, count))
             results.append(await measure(NODELAY, lambda i: naive(fast, i), level, count))
+            results.append(await measure(QUICKACK, lambda i: naive(quick, i), level, count))
             pool.size = level
             await pool.fill()
             results.append(await measure(PREPARED, prepared, level, count, pool.deleted_all))
@@ -118,6 +126,7 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
         quick_turn = await long_lived_turn_ms(fast, kwargs, turns)
         await plain.stop()
         await fast.stop()
+        await quick.stop()
     finally:
         server.stop()
         backend.close()
