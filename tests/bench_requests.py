@@ -4,12 +4,13 @@ Run: .venv/bin/python tests/bench_requests.py [--requests 40] [--levels 1 4 16] 
 
 naive: notebook 02's request (create with file tools, send, disconnect, delete) on the SDK's
 default transport; naive + TCP_NODELAY: the same on a client with TCP_NODELAY; the same with
-TCP_QUICKACK re-armed after each read as well (helpers/quickack.py); prepared-ahead (TCP_NODELAY):
-sessions created ahead into a pool as large as the concurrency, tools defined once and routed by
-session id, one request per session, disconnect+delete in the background (each measurement ends
-when the last background delete is done, so that work counts against throughput). Uses the local
-stand-in model, which answers at once: the figures are SDK + runtime cost. Also a long-lived turn
-on both transports. Writes the plot to tmp/bench-requests.png. The last two lines are for scripts.
+TCP_QUICKACK re-armed after each read as well (transport.enable_quickack); prepared-ahead
+(TCP_NODELAY): sessions created ahead into a pool as large as the concurrency, tools defined once
+and routed by session id, one request per session, disconnect+delete in the background (each
+measurement ends when the last background delete is done, so that work counts against throughput).
+Uses the local stand-in model, which answers at once: the figures are SDK + runtime cost. Also a
+long-lived turn on both transports. Writes the plot to tmp/bench-requests.png. The last two lines
+are for scripts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ matplotlib.use("Agg")
 
 from copilot import CopilotClient  # noqa: E402
 
-from helpers import quickack, transport  # noqa: E402
+from helpers import transport  # noqa: E402
 from helpers.backends import choose_backend  # noqa: E402
 from helpers.display import table, text_of  # noqa: E402
 from helpers.file_tools import ALLOWLIST, file_tools  # noqa: E402
@@ -63,16 +64,17 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
     print(f"runtime started in {server.startup_seconds:.2f} s; prompt: {prompt!r}")
     try:
-        with transport.nodelay(False), quickack.quickack(False):
+        with transport.nodelay(False), transport.quickack(False):
             plain = CopilotClient(mode="empty", connection=server.connection())
             await plain.start()
-        with quickack.quickack(False):
+        with transport.quickack(False):
             fast = CopilotClient(mode="empty", connection=server.connection())
             await fast.start()
+        transport.enable_quickack()
         quick = CopilotClient(mode="empty", connection=server.connection())  # both options on
         await quick.start()
         assert not transport.has_nodelay(plain) and transport.has_nodelay(fast)
-        assert quickack.has_quickack(quick) and not quickack.has_quickack(fast)
+        assert transport.has_quickack(quick) and not transport.has_quickack(fast)
 
         async def naive(client: CopilotClient, i: int) -> None:
             fs = filesystems["AB"[i % 2]]

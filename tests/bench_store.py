@@ -15,7 +15,7 @@ from collections import Counter
 
 from copilot import CopilotClient
 
-from helpers import quickack
+from helpers import transport
 from helpers.backends import choose_backend
 from helpers.costs import measure
 from helpers.paths import relative, remove_dir, run_dir
@@ -87,7 +87,7 @@ def main() -> None:
     elif not url:
         print("PostgreSQL: skipped (no DATABASE_URL, no binaries: apt-get install postgresql)")
     try:
-        with quickack.quickack(not args.no_quickack):
+        with transport.quickack(not args.no_quickack):
             rows = asyncio.run(bench(args.rounds, url))
     finally:
         if server is not None:

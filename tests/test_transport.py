@@ -22,3 +22,13 @@ def test_no_socket_before_start(server) -> None:
     client = CopilotClient(mode="empty", connection=server.connection())
     assert transport.client_socket(client) is None
     assert not transport.has_nodelay(client)
+
+
+async def test_quickack_is_off_unless_asked_for(server) -> None:
+    async with CopilotClient(mode="empty", connection=server.connection()) as client:
+        assert not transport.has_quickack(client), "TCP_QUICKACK is opt-in"
+    with transport.quickack(True):
+        async with CopilotClient(mode="empty", connection=server.connection()) as client:
+            assert transport.has_quickack(client) == (transport.QUICKACK is not None)
+            assert transport.has_nodelay(client), "the options are independent"
+            assert await client.ping() is not None, "reads still work through the wrapper"
