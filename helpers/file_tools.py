@@ -8,6 +8,7 @@ execution failed" (its text still reaches the runtime, so never put secrets in i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from copilot import PermissionRequest, PermissionRequestResult
@@ -19,6 +20,8 @@ from .vfs import VfsError, VirtualFS
 
 TOOL_NAMES = ("write_file", "read_file", "list_files")
 ALLOWLIST = [f"custom:{name}" for name in TOOL_NAMES]
+NO_FILES = "(no files yet)"
+Handler = Callable[[Any, ToolInvocation], "str | ToolResult"]
 
 
 class WriteFileParams(BaseModel):
@@ -61,8 +64,15 @@ def file_tools(fs: VirtualFS, skip_permission: bool = True) -> list[Tool]:
             return failure(exc)
 
     def list_files(params: ListFilesParams, invocation: ToolInvocation) -> str:
-        return "\n".join(fs.list()) or "(no files yet)"
+        return "\n".join(fs.list()) or NO_FILES
 
+    return define_file_tools(write_file, read_file, list_files, skip_permission)
+
+
+def define_file_tools(
+    write_file: Handler, read_file: Handler, list_files: Handler, skip_permission: bool = True
+) -> list[Tool]:
+    """The three tools' names, descriptions and parameter models, around the given handlers."""
     common = {"skip_permission": skip_permission}
     return [
         define_tool(

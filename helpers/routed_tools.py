@@ -8,10 +8,11 @@ ahead of demand do not know their user yet, so these tools look the user up at c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from copilot.tools import Tool, ToolInvocation, ToolResult, define_tool
+from copilot.tools import Tool, ToolInvocation, ToolResult
 
-from .file_tools import ListFilesParams, ReadFileParams, WriteFileParams, failure
+from .file_tools import NO_FILES, Handler, define_file_tools, failure
 from .vfs import VfsError, VirtualFS
 
 FsFor = Callable[[str], VirtualFS | None]
@@ -27,51 +28,20 @@ def _unbound(invocation: ToolInvocation) -> ToolResult:
 def routed_file_tools(fs_for: FsFor) -> list[Tool]:
     """The three file tools; ``fs_for(invocation.session_id)`` picks the filesystem per call."""
 
-    def write_file(params: WriteFileParams, invocation: ToolInvocation) -> str | ToolResult:
-        fs = fs_for(invocation.session_id)
-        if fs is None:
-            return _unbound(invocation)
-        try:
-            return fs.write(params.path, params.content)
-        except VfsError as exc:
-            return failure(exc)
+    def routed(operation: Callable[[VirtualFS, Any], str]) -> Handler:
+        def handler(params: Any, invocation: ToolInvocation) -> str | ToolResult:
+            fs = fs_for(invocation.session_id)
+            if fs is None:
+                return _unbound(invocation)
+            try:
+                return operation(fs, params)
+            except VfsError as exc:
+                return failure(exc)
 
-    def read_file(params: ReadFileParams, invocation: ToolInvocation) -> str | ToolResult:
-        fs = fs_for(invocation.session_id)
-        if fs is None:
-            return _unbound(invocation)
-        try:
-            return fs.read(params.path)
-        except VfsError as exc:
-            return failure(exc)
+        return handler
 
-    def list_files(params: ListFilesParams, invocation: ToolInvocation) -> str | ToolResult:
-        fs = fs_for(invocation.session_id)
-        if fs is None:
-            return _unbound(invocation)
-        return "\n".join(fs.list()) or "(no files yet)"
-
-    return [
-        define_tool(
-            "write_file",
-            description="Create or replace a text file",
-            handler=write_file,
-            params_type=WriteFileParams,
-            skip_permission=True,
-        ),
-        define_tool(
-            "read_file",
-            description="Read a text file",
-            handler=read_file,
-            params_type=ReadFileParams,
-            overrides_built_in_tool=True,  # a runtime built-in has this name too
-            skip_permission=True,
-        ),
-        define_tool(
-            "list_files",
-            description="List all files",
-            handler=list_files,
-            params_type=ListFilesParams,
-            skip_permission=True,
-        ),
-    ]
+    return define_file_tools(
+        routed(lambda fs, params: fs.write(params.path, params.content)),
+        routed(lambda fs, params: fs.read(params.path)),
+        routed(lambda fs, params: "\n".join(fs.list()) or NO_FILES),
+    )
