@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import nbformat
 import papermill
@@ -75,6 +77,48 @@ def runs_of(name: str) -> set[str]:
     return {p.name for p in RUNS.glob(f"{name[:2]}-*")} if RUNS.exists() else set()
 
 
+def refused(name: str, *expected: str, **parameters: object) -> None:
+    """Run ``name`` with bad parameters: the check cell stops it with every message expected."""
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(name, tag="bad-", **parameters)
+    message = str(failed.value)
+    assert "ParameterError" in message
+    for text in expected:
+        assert text in message, f"missing: {text}"
+
+
+@contextlib.contextmanager
+def leaves_nothing(name: str) -> Iterator[None]:
+    """The runs inside the block remove their own folders and stop every runtime they started."""
+    running_before = set(our_runtime_processes())
+    runs_before = runs_of(name)
+    yield
+    assert runs_of(name) <= runs_before, "KEEP_STATE=False: each run removes its own folder"
+    assert set(our_runtime_processes()) <= running_before, "a notebook left a runtime running"
+
+
+def twice_at_once(name: str, other: dict[str, object]) -> tuple[nbformat.NotebookNode, ...]:
+    """Two runs 0.3 s apart in one checkout: one with the solutions, one with ``other`` values."""
+    results: dict[str, object] = {}
+
+    def run(key: str, **kwargs: object) -> None:
+        try:
+            results[key] = execute(name, tag=f"{key}-", **kwargs)
+        except Exception as exc:  # reported below, with the other run's result
+            results[key] = exc
+
+    first = threading.Thread(
+        target=run, args=("solutions",), kwargs={"source": with_solutions(name)}
+    )
+    first.start()
+    time.sleep(0.3)
+    run("odd", **other)
+    first.join(timeout=600)
+    for key, result in results.items():
+        assert isinstance(result, nbformat.NotebookNode), f"run {key!r} failed: {result}"
+    return results["solutions"], results["odd"]  # type: ignore[return-value]
+
+
 def test_committed_notebooks_are_clean() -> None:
     listed = subprocess.run(
         ["git", "ls-files", "notebooks/*.ipynb"], cwd=REPO_ROOT, capture_output=True, text=True
@@ -97,27 +141,20 @@ def test_committed_notebooks_are_clean() -> None:
 
 
 def test_notebook_01_bad_parameters_each_get_a_message() -> None:
-    with pytest.raises(papermill.PapermillExecutionError) as failed:
-        execute(
-            NB01,
-            tag="bad-",
-            CODENAME=12345,
-            SESSION_A="same-id",
-            SESSION_B="same-id",
-            BACKEND="nope",
-            TIMEOUT_S=0,
-            KEEP_STATE="yes",
-        )
-    message = str(failed.value)
-    assert "ParameterError" in message
-    for expected in [
+    refused(
+        NB01,
         "CODENAME = 12345 is a int; it must be a string",
         "SESSION_A and SESSION_B must differ",
         "BACKEND = 'nope' is not one of",
         "TIMEOUT_S = 0 is out of range",
         "KEEP_STATE = 'yes' must be True or False",
-    ]:
-        assert expected in message, f"missing: {expected}"
+        CODENAME=12345,
+        SESSION_A="same-id",
+        SESSION_B="same-id",
+        BACKEND="nope",
+        TIMEOUT_S=0,
+        KEEP_STATE="yes",
+    )
     for codename in ["line\nbreak-1", 'ZE"PH\\YR-42', "ORION-5!", "12345"]:
         with pytest.raises(papermill.PapermillExecutionError, match="CODENAME = .* is not allowed"):
             execute(NB01, tag="bad-", CODENAME=codename)
@@ -133,34 +170,18 @@ def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
     monkeypatch.setenv("GITHUB_TOKEN", canary)
     monkeypatch.setenv("COPILOT_GITHUB_TOKEN", canary)
     logs_before = set(LOGS.glob("*.log")) if LOGS.exists() else set()
-    running_before = set(our_runtime_processes())
-    runs_before = runs_of(NB01)
-    results: dict[str, object] = {}
-
-    def run(key: str, **kwargs: object) -> None:
-        try:
-            results[key] = execute(NB01, tag=f"{key}-", **kwargs)
-        except Exception as exc:  # reported below, with the other run's result
-            results[key] = exc
-
-    first = threading.Thread(
-        target=run, args=("solutions",), kwargs={"source": with_solutions(NB01)}
-    )
-    first.start()
-    time.sleep(0.3)
-    run("odd", CODENAME="zephyr_42-X", SESSION_A="alice-session-x", SESSION_B="bob-session-y")
-    first.join(timeout=600)
-    for key, result in results.items():
-        assert isinstance(result, nbformat.NotebookNode), f"run {key!r} failed: {result}"
-    text = outputs_text(results["odd"])  # type: ignore[arg-type]
+    with leaves_nothing(NB01):
+        solved, odd = twice_at_once(
+            NB01,
+            dict(CODENAME="zephyr_42-X", SESSION_A="alice-session-x", SESSION_B="bob-session-y"),
+        )
+    text = outputs_text(odd)
     assert "alice-session-x" in text and "bob-session-y" in text and "AURORA-7" not in text
-    solved = outputs_text(results["solutions"])  # type: ignore[arg-type]
-    assert "User A's session says" in solved and "restored session says" in solved
+    assert "User A's session says" in outputs_text(solved)
+    assert "restored session says" in outputs_text(solved)
     for log in set(LOGS.glob("*.log")) - logs_before:
         assert canary not in log.read_text(errors="replace"), f"canary leaked into {log.name}"
     assert canary not in text, "secret canary leaked into the executed notebook"
-    assert runs_of(NB01) <= runs_before, "KEEP_STATE=False: each run removes its own folder"
-    assert set(our_runtime_processes()) <= running_before, "a notebook left a runtime running"
 
 
 def test_notebook_02_bad_parameters_each_get_a_message() -> None:
@@ -171,42 +192,24 @@ def test_notebook_02_bad_parameters_each_get_a_message() -> None:
     assert "NOTE_TEXT = 'two\\nlines here' is not allowed" in message
     with pytest.raises(papermill.PapermillExecutionError, match="NOTE_NAME = '/etc/passwd'"):
         execute(NB02, tag="bad-", NOTE_NAME="/etc/passwd")
-    with pytest.raises(papermill.PapermillExecutionError) as failed:
-        execute(NB02, tag="bad-", BACKEND="gpt", CLI_URL="no port", KEEP_STATE=1, TIMEOUT_S=-5)
-    message = str(failed.value)
-    for expected in [
+    refused(
+        NB02,
         "BACKEND = 'gpt' is not one of",
         "CLI_URL = 'no port' is not allowed",
         "KEEP_STATE = 1 must be True or False",
         "TIMEOUT_S = -5 is out of range",
-    ]:
-        assert expected in message, f"missing: {expected}"
+        BACKEND="gpt",
+        CLI_URL="no port",
+        KEEP_STATE=1,
+        TIMEOUT_S=-5,
+    )
 
 
 def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:
-    running_before = set(our_runtime_processes())
-    runs_before = runs_of(NB02)
-    results: dict[str, object] = {}
     note = 'Say "hi" to Bob, then ship.'
-
-    def run(key: str, **kwargs: object) -> None:
-        try:
-            results[key] = execute(NB02, tag=f"{key}-", **kwargs)
-        except Exception as exc:  # reported below, with the other run's result
-            results[key] = exc
-
-    first = threading.Thread(
-        target=run, args=("solutions",), kwargs={"source": with_solutions(NB02)}
-    )
-    first.start()
-    time.sleep(0.3)
-    run("odd", NOTE_NAME="plan-b.txt", NOTE_TEXT=note)
-    first.join(timeout=600)
-    for key, result in results.items():
-        assert isinstance(result, nbformat.NotebookNode), f"run {key!r} failed: {result}"
-    outputs = outputs_text(results["odd"])  # type: ignore[arg-type]
+    with leaves_nothing(NB02):
+        solved, odd = twice_at_once(NB02, dict(NOTE_NAME="plan-b.txt", NOTE_TEXT=note))
+    outputs = outputs_text(odd)
     assert "plan-b.txt" in outputs and "Ship the tutorial on Friday." not in outputs
-    solved = outputs_text(results["solutions"])  # type: ignore[arg-type]
-    assert "tool results the model saw" in solved and "burst 4" in solved
-    assert runs_of(NB02) <= runs_before, "each run removes its own folder"
-    assert set(our_runtime_processes()) <= running_before, "the notebook left a runtime running"
+    assert "tool results the model saw" in outputs_text(solved)
+    assert "burst 4" in outputs_text(solved)
