@@ -42,7 +42,7 @@ def run_dir(name: str) -> Path:
         if pid.isdigit() and int(pid) == os.getpid():
             finish_run(old)  # the earlier run's clean-up: stops its runtime before its folder goes
             shutil.rmtree(old, ignore_errors=True)
-        elif pid.isdigit() and not _process_alive(int(pid)):
+        elif pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = RUNS / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
     writable_dir(folder)
@@ -58,14 +58,19 @@ def latest_run() -> Path | None:
     return _LATEST_RUN[0] if _LATEST_RUN else None
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (a zombie has exited: it writes nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def relative(path: Path) -> str:

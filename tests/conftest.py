@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,21 +30,6 @@ def server(local_backend: Backend) -> Iterator[RuntimeServer]:
 @pytest.fixture
 def session_kwargs(local_backend: Backend) -> dict:
     return dict(available_tools=[], **local_backend.session_kwargs())
-
-
-def process_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def our_runtime_processes() -> list[str]:

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, process_alive
+from conftest import REPO_ROOT
 
 from helpers import runtime
+from helpers.paths import process_alive
 from helpers.runtime import (
     RuntimeNotFound,
     RuntimeStartError,
