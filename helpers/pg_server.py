@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .paths import TMP, writable_dir
+from .runtime import STOP_TIMEOUT_S, stop_guard
 
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"
 _GUARD = Path(__file__).with_name("_guard.py")
 UNPRIVILEGED = "nobody"
@@ -247,16 +247,6 @@ def _log_tail(root: Path, lines: int = 15) -> str:
 
 
 def _stop(guard: subprocess.Popen[bytes] | None, root: Path) -> None:
-    """Close the guard's stdin (it stops the server's process group), then remove ``root``."""
-    if guard is not None:
-        try:
-            if guard.stdin is not None:
-                guard.stdin.close()
-        except OSError:
-            pass
-        try:
-            guard.wait(timeout=STOP_TIMEOUT_S + 5)
-        except subprocess.TimeoutExpired:
-            guard.kill()
-            guard.wait(timeout=STOP_TIMEOUT_S)
+    """Stop the server through its guard (a clean shutdown can take a while), then remove root."""
+    stop_guard(guard, None, grace=STOP_TIMEOUT_S + 5)
     shutil.rmtree(root, ignore_errors=True)

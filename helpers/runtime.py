@@ -165,7 +165,7 @@ class RuntimeServer:
         self.url, self.pid, self.log_path = fresh.url, fresh.pid, fresh.log_path
         self.command = fresh.command
         self.startup_seconds, self._guard = fresh.startup_seconds, fresh._guard
-        self._finalizer = weakref.finalize(self, _stop_guard, self._guard, self.pid)
+        self._finalizer = weakref.finalize(self, stop_guard, self._guard, self.pid)
         return self
 
     def describe(self) -> str:
@@ -234,7 +234,7 @@ def start_server(
     token = secrets.token_urlsafe(24)
     server = _launch(binary, env, home, token, list(secret_values or []), timeout)
     server._added_env = tuple(extra_env or {})
-    server._finalizer = weakref.finalize(server, _stop_guard, server._guard, server.pid)
+    server._finalizer = weakref.finalize(server, stop_guard, server._guard, server.pid)
     return server
 
 
@@ -286,7 +286,7 @@ def _launch(
         pid = _read_pid(guard, timeout)
         port = _wait_for_port(guard, log_path, started + timeout)
     except RuntimeStartError as exc:
-        _stop_guard(guard, None)
+        stop_guard(guard, None)
         raise RuntimeStartError(
             f"{exc}\nLog ({log_path}), last lines:\n{log_tail(log_path, 20, all_secrets)}"
         ) from None
@@ -330,8 +330,14 @@ def _wait_for_port(guard: subprocess.Popen[bytes], log_path: Path, deadline: flo
         time.sleep(0.05)
 
 
-def _stop_guard(guard: subprocess.Popen[bytes] | None, pid: int | None) -> None:
-    """Close the guard's stdin so it stops the server; escalate if it does not."""
+def stop_guard(
+    guard: subprocess.Popen[bytes] | None, pid: int | None, grace: float = STOP_TIMEOUT_S
+) -> None:
+    """Close the guard's stdin so it stops its server; kill it if it takes longer than ``grace``.
+
+    ``pid``, when given, is the server's process group, killed afterwards in case it outlived the
+    guard. Used for every server started under ``_guard.py`` (the runtime, PostgreSQL).
+    """
     if guard is None:
         return
     try:
@@ -340,7 +346,7 @@ def _stop_guard(guard: subprocess.Popen[bytes] | None, pid: int | None) -> None:
     except OSError:
         pass
     try:
-        guard.wait(timeout=STOP_TIMEOUT_S)
+        guard.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         guard.kill()
         guard.wait(timeout=STOP_TIMEOUT_S)
