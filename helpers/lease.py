@@ -57,8 +57,8 @@ class Lease:
 
     async def renew(self) -> None:
         """Push the expiry ``ttl_s`` ahead; raise ``LeaseExpired`` if someone took it meanwhile."""
-        await self.check()
-        await self.store.try_lease(self.session_id, self.holder, self.ttl_s)
+        if not await self.store.extend_lease(self.session_id, self.holder, self.ttl_s):
+            await self.check()  # raises LeaseExpired, naming who holds it now
 
     async def release(self) -> bool:
         """Give the lease back; True if we still held it."""

@@ -38,7 +38,7 @@ class PostgresStore(SessionStore):
         return self
 
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
-        sql = sql.replace("?", "%s").replace("substr(path, %s)", "substr(path, %s::int)")
+        sql = sql.replace("?", "%s")
         async with self._lock:
             cursor = await self._conn.execute(sql, args)
             rows = await cursor.fetchall() if cursor.description else []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import posixpath
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +12,10 @@ from typing import Any
 from copilot.rpc import SessionFSReaddirWithTypesEntry, SessionFSReaddirWithTypesEntryType
 from copilot.session_fs_provider import SessionFsFileInfo, SessionFsProvider
 
+from .display import parse_events, user_texts
 from .session_store import Row, SessionStore
+
+__all__ = ["SESSION_FS", "StoreFs", "forks", "store_fs", "stored_events", "user_texts"]
 
 # What every session_fs client of these notebooks passes as ``CopilotClient(session_fs=...)``.
 SESSION_FS = {
@@ -51,13 +53,15 @@ class StoreFs(SessionFsProvider):
     async def _row(self, path: str) -> Row | None:
         return await self.store.read(self.session_id, path)
 
-    async def _is_dir(self, path: str) -> bool:
+    async def _is_dir(self, path: str, row: Row | None, children: list[Row] | None = None) -> bool:
+        """Whether ``path`` is a folder, given its ``row`` (and rows under it) already read."""
         if path == "/":
             return True
-        row = await self._row(path)
         if row is not None:
             return row.kind == "directory"
-        return bool(await self.store.under(self.session_id, path))
+        if children is not None:
+            return bool(children)
+        return await self.store.has_under(self.session_id, path)
 
     async def read_file(self, path: str) -> str:
         path = self._count("read_file", path)
@@ -76,7 +80,8 @@ class StoreFs(SessionFsProvider):
 
     async def exists(self, path: str) -> bool:
         path = self._count("exists", path)
-        return await self._row(path) is not None or await self._is_dir(path)
+        row = await self._row(path)
+        return row is not None or await self._is_dir(path, row)
 
     async def stat(self, path: str) -> SessionFsFileInfo:
         path = self._count("stat", path)
@@ -90,24 +95,27 @@ class StoreFs(SessionFsProvider):
                 mtime=_when(row.modified_at),
                 birthtime=_when(row.created_at),
             )
-        if await self._is_dir(path):
+        if await self._is_dir(path, row):
             now = datetime.now(UTC)
             return SessionFsFileInfo(False, True, 0, now, now)
         raise _missing(path)
 
     async def mkdir(self, path: str, recursive: bool, mode: int | None = None) -> None:
         path = self._count("mkdir", path)
-        if not await self._is_dir(path):
+        row = None if path == "/" else await self._row(path)
+        if not await self._is_dir(path, row):
             await self.store.write(self.session_id, self.user, path, "", "directory")
 
     async def _entries(self, path: str) -> dict[str, str]:
-        if not await self._is_dir(path):
+        children = await self.store.under(self.session_id, path)
+        row = None if path == "/" else await self._row(path)
+        if not await self._is_dir(path, row, children):
             raise _missing(path)
         prefix = path.rstrip("/") + "/"
         entries: dict[str, str] = {}
-        for row in await self.store.under(self.session_id, path):
-            name, *rest = row.path[len(prefix) :].split("/")
-            entries[name] = "directory" if rest or row.kind == "directory" else "file"
+        for child in children:
+            name, *rest = child.path[len(prefix) :].split("/")
+            entries[name] = "directory" if rest or child.kind == "directory" else "file"
         return entries
 
     async def readdir(self, path: str) -> list[str]:
@@ -130,7 +138,8 @@ class StoreFs(SessionFsProvider):
     async def rename(self, src: str, dest: str) -> None:
         src = self._count("rename", src)
         dest = _clean(dest)
-        if await self._row(src) is None and not await self._is_dir(src):
+        row = await self._row(src)
+        if row is None and not await self._is_dir(src, row):
             raise _missing(src)
         await self.store.move(self.session_id, src, dest)
 
@@ -148,13 +157,7 @@ EVENTS = "/session-state/events.jsonl"
 async def stored_events(store: SessionStore, session_id: str) -> list[dict[str, Any]]:
     """The session's ``events.jsonl`` as the store holds it, one dict per event."""
     row = await store.read(session_id, EVENTS)
-    lines = row.content.splitlines() if row else []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def user_texts(events: list[dict[str, Any]]) -> list[str]:
-    """The user messages among ``events``, in order."""
-    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
+    return parse_events(row.content) if row else []
 
 
 def forks(events: list[dict[str, Any]]) -> int:

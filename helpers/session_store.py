@@ -111,6 +111,15 @@ class SessionStore:
         )
         return [Row(*r) for r in rows]
 
+    async def has_under(self, session_id: str, folder: str) -> bool:
+        """True when at least one row lies strictly inside ``folder`` (no content is read)."""
+        prefix = folder.rstrip("/") + "/"
+        rows, _ = await self.execute(
+            "SELECT 1 FROM session_files WHERE session_id = ? AND substr(path, 1, ?) = ? LIMIT 1",
+            (session_id, len(prefix), prefix),
+        )
+        return bool(rows)
+
     async def remove(self, session_id: str, path: str, recursive: bool) -> int:
         """Delete ``path`` (and, when ``recursive``, all under it); return rows deleted."""
         _, count = await self.execute(
@@ -134,7 +143,7 @@ class SessionStore:
         )
         prefix = src.rstrip("/") + "/"
         await self.execute(
-            "UPDATE session_files SET path = ? || substr(path, ?) "
+            "UPDATE session_files SET path = ? || substr(path, CAST(? AS INTEGER)) "
             "WHERE session_id = ? AND substr(path, 1, ?) = ?",
             (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
         )
@@ -168,9 +177,11 @@ class SessionStore:
 
     async def delete_user(self, user: str) -> int:
         """Delete every row (and lease) of the user's sessions; return the file rows deleted."""
-        sessions = {row.session_id for row in await self.rows(user=user)}
-        for session_id in sessions:
-            await self.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
+        await self.execute(
+            "DELETE FROM session_leases WHERE session_id IN "
+            "(SELECT session_id FROM session_files WHERE user_id = ?)",
+            (user,),
+        )
         _, count = await self.execute("DELETE FROM session_files WHERE user_id = ?", (user,))
         return count
 
@@ -183,6 +194,16 @@ class SessionStore:
             "expires_at = excluded.expires_at "
             "WHERE session_leases.expires_at < ? OR session_leases.holder = excluded.holder",
             (session_id, holder, now + ttl_s, now),
+        )
+        return changed == 1
+
+    async def extend_lease(self, session_id: str, holder: str, ttl_s: float) -> bool:
+        """Push ``holder``'s unexpired lease ``ttl_s`` ahead, in one statement; True if it did."""
+        now = time.time()
+        _, changed = await self.execute(
+            "UPDATE session_leases SET expires_at = ? "
+            "WHERE session_id = ? AND holder = ? AND expires_at >= ?",
+            (now + ttl_s, session_id, holder, now),
         )
         return changed == 1
 
