@@ -9,6 +9,7 @@ import textwrap
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .paths import relative
 from .standin_model import RequestRecord, StandInModel
@@ -131,8 +132,7 @@ def events(
     """Print the interesting lines of a session's ``events.jsonl``, one per event."""
     wanted = set(types)
     print(f"{relative(Path(path))}:")
-    for line in Path(path).read_text().splitlines():
-        event = json.loads(line)
+    for event in parse_events(Path(path).read_text()):
         if event.get("type") not in wanted:
             continue
         data = event.get("data", {})
@@ -168,16 +168,26 @@ def file_contains(root: Path, *needles: str) -> list[str]:
     hits = []
     wanted = [needle.lower().encode() for needle in needles if needle]
     for path in Path(root).rglob("*"):
-        if path.is_file() and any(needle in path.read_bytes().lower() for needle in wanted):
-            hits.append(relative(path))
+        if path.is_file():
+            data = path.read_bytes().lower()
+            if any(needle in data for needle in wanted):
+                hits.append(relative(path))
     return hits
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """The events of an ``events.jsonl`` text, one dict per non-empty line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def user_texts(events: list[dict[str, Any]]) -> list[str]:
+    """The user messages among ``events``, in order."""
+    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
 
 
 def user_messages(events_path: Path) -> list[str]:
     """The user messages recorded in a session's ``events.jsonl``, decoded from JSON."""
-    lines = Path(events_path).read_text().splitlines()
-    events = [json.loads(line) for line in lines if line.strip()]
-    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
+    return user_texts(parse_events(Path(events_path).read_text()))
 
 
 def table(rows: list[dict[str, object]]) -> None:
