@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .paths import TMP, writable_dir
-from .runtime import STOP_TIMEOUT_S, stop_guard
+from .runtime import STOP_TIMEOUT_S, log_tail, redact, stop_guard
 
 START_TIMEOUT_S = 30.0
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"
@@ -170,7 +170,7 @@ def _initdb(bin_dir: Path, root: Path, password: str, user: dict[str, object]) -
     )
     pwfile.unlink()
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:]).replace(password, "***")
+        tail = redact("\n".join((done.stdout + done.stderr).splitlines()[-15:]), [password])
         raise PostgresStartError(f"initdb failed (exit code {done.returncode}):\n{tail}")
 
 
@@ -228,7 +228,8 @@ def _wait_ready(url: str, guard: subprocess.Popen[bytes], root: Path, deadline: 
             pass
         if guard.poll() is not None or time.monotonic() > deadline:
             why = "exited" if guard.poll() is not None else "did not accept connections in time"
-            raise PostgresStartError(f"the PostgreSQL server {why}:\n{_log_tail(root)}")
+            tail = log_tail(root / "server.log", 15)
+            raise PostgresStartError(f"the PostgreSQL server {why}:\n{tail}")
         time.sleep(0.1)
 
 
@@ -237,13 +238,6 @@ def _create_database(url: str, name: str) -> None:
 
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-
-
-def _log_tail(root: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join((root / "server.log").read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log written)"
 
 
 def _stop(guard: subprocess.Popen[bytes] | None, root: Path) -> None:
