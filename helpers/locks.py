@@ -15,7 +15,10 @@ class SessionLocks:
 
     def lock(self, session_id: str) -> asyncio.Lock:
         """The lock of ``session_id`` (the same object every time)."""
-        return self._locks.setdefault(session_id, asyncio.Lock())
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
 
     @contextlib.asynccontextmanager
     async def turn(self, session_id: str, timeout: float) -> AsyncIterator[None]:

@@ -27,9 +27,9 @@ class SessionPanel(ChatPanel):
         super().__init__(
             users, lambda user, message: ask(user, self.session.value, message), placeholder
         )
-        self.box = w.VBox(
-            [w.HBox([self.session, self.user, self.message, self.button]), self.output]
-        )
+
+    def _pickers(self) -> list[w.Widget]:
+        return [self.session, self.user]
 
     async def send_to(self, user: str, session_id: str, message: str) -> Answer | None:
         """Send ``message`` as ``user`` into ``session_id`` from code; never raises."""

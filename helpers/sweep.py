@@ -8,14 +8,15 @@ from datetime import UTC, datetime
 from copilot import CopilotClient
 
 
+def _keep_none(session_id: str) -> bool:
+    return False
+
+
 async def find_orphans(
-    client: CopilotClient,
-    older_than_s: float,
-    keep: Callable[[str], bool] = lambda session_id: False,
-    now: datetime | None = None,
+    client: CopilotClient, older_than_s: float, keep: Callable[[str], bool] = _keep_none
 ) -> list[str]:
     """Ids of sessions not modified for ``older_than_s`` seconds, except those ``keep`` names."""
-    now = now or datetime.now(UTC)
+    now = datetime.now(UTC)
     found = []
     for meta in await client.list_sessions():
         modified = meta.modified_time
@@ -27,9 +28,7 @@ async def find_orphans(
 
 
 async def sweep(
-    client: CopilotClient,
-    older_than_s: float,
-    keep: Callable[[str], bool] = lambda session_id: False,
+    client: CopilotClient, older_than_s: float, keep: Callable[[str], bool] = _keep_none
 ) -> list[str]:
     """Delete the orphans ``find_orphans`` names; return their ids."""
     orphans = await find_orphans(client, older_than_s, keep)

@@ -63,8 +63,12 @@ class ChatPanel:
         self.output = w.Output()
         self.pending: asyncio.Future[Answer | None] | concurrent.futures.Future | None = None
         self.button.on_click(self._on_click)
-        self.box = w.VBox([w.HBox([self.user, self.message, self.button]), self.output])
+        self.box = w.VBox([w.HBox([*self._pickers(), self.message, self.button]), self.output])
         self._handle = None
+
+    def _pickers(self) -> list[w.Widget]:
+        """The controls before the message box (a subclass may add its own)."""
+        return [self.user]
 
     def widget(self) -> w.Widget:
         return self.box
