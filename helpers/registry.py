@@ -102,6 +102,17 @@ async def owned_resume(
     return await client.resume_session(session_id, **options)
 
 
+async def owned_open(
+    registry: SessionRegistry, client: CopilotClient, user: str, session_id: str, **options: Any
+) -> CopilotSession:
+    """Like ``owned_resume``, but an id the user owns and the runtime never saw is created."""
+    registry.check_owner(user, session_id)
+    known = {meta.session_id for meta in await client.list_sessions()}
+    if session_id in known:
+        return await client.resume_session(session_id, **options)
+    return await client.create_session(session_id=session_id, **options)
+
+
 async def owned_delete(
     registry: SessionRegistry, client: CopilotClient, user: str, session_id: str
 ) -> None:

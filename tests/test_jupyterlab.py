@@ -295,6 +295,12 @@ def drive_panel(page, name: str) -> list[str]:
         sessions.select_option(a_id)
         a = send(page, "A", "What is the codename?")
         assert a_id in a and codename in a.split("reply:", 1)[1].lower(), f"A's own session: {a}"
+        b_id = next(
+            o for o in sessions.locator("option").all_inner_texts() if o.startswith("user-b-")
+        )
+        sessions.select_option(b_id)
+        own = send(page, "B", "What is the codename?")  # B's own id: opened on first use
+        assert b_id in own and codename not in own.split("reply:", 1)[1].lower(), own
         sessions.select_option(a_id)
         output = panel.locator(".widget-output").last
         refusals = output.inner_text().count("NotYourSession")

@@ -7,7 +7,13 @@ from copilot import CopilotClient
 from copilot._jsonrpc import JsonRpcError
 
 from helpers.credentials import NoTokenForUser, UserTokens
-from helpers.registry import NotYourSession, SessionRegistry, owned_delete, owned_resume
+from helpers.registry import (
+    NotYourSession,
+    SessionRegistry,
+    owned_delete,
+    owned_open,
+    owned_resume,
+)
 
 TIMEOUT = 60
 
@@ -113,3 +119,24 @@ async def test_the_sdk_sends_the_users_token_on_create(server, local_backend):
             )
     created = [params for method, params in sent if method == "session.create"]
     assert len(created) == 1 and created[0]["gitHubToken"] == "token-of-b"
+
+
+@pytest.mark.runtime
+async def test_owned_open_creates_an_owned_id_once_then_resumes_it(
+    server, session_kwargs, registry
+):
+    async with CopilotClient(mode="empty", connection=server.connection()) as client:
+        b_id = registry.new_id("B")
+        with pytest.raises(NotYourSession):
+            await owned_open(registry, client, "A", b_id, **session_kwargs)
+        assert b_id not in {m.session_id for m in await client.list_sessions()}, (
+            "a refused open must not create the session"
+        )
+        first = await owned_open(registry, client, "B", b_id, **session_kwargs)
+        await first.send_and_wait("Remember: the colour is TEAL-42.", timeout=TIMEOUT)
+        await first.disconnect()
+        again = await owned_open(registry, client, "B", b_id, **session_kwargs)
+        reply = await again.send_and_wait("What is the colour?", timeout=TIMEOUT)
+        await again.disconnect()
+        assert again.session_id == b_id and "TEAL-42" in reply.data.content
+        await owned_delete(registry, client, "B", b_id)
