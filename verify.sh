@@ -63,10 +63,10 @@ if [[ ! -d node_modules/@github/copilot ]] || [[ "$(cat node_modules/.package-lo
   echo "$want" > node_modules/.package-lock.sha256
 fi
 
-# JupyterLab started from .venv saves the tutorial's notebooks without outputs (helpers/strip_outputs.py).
+# JupyterLab started from .venv saves the tutorial's notebooks without outputs (helpers/notebook/strip_outputs.py).
 mkdir -p "$VENV/etc/jupyter"
 cat > "$VENV/etc/jupyter/jupyter_server_config.json" <<'JSON'
-{"FileContentsManager": {"pre_save_hook": "helpers.strip_outputs.pre_save_hook"}}
+{"FileContentsManager": {"pre_save_hook": "helpers.notebook.strip_outputs.pre_save_hook"}}
 JSON
 
 export PATH="$VENV/bin:$PATH"

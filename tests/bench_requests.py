@@ -27,15 +27,15 @@ matplotlib.use("Agg")
 from copilot import CopilotClient  # noqa: E402
 
 from helpers import transport  # noqa: E402
-from helpers.backends import choose_backend  # noqa: E402
-from helpers.display import table, text_of  # noqa: E402
-from helpers.file_tools import ALLOWLIST, file_tools  # noqa: E402
-from helpers.measure import Result, measure, plot, ratio  # noqa: E402
-from helpers.paths import TMP, remove_dir  # noqa: E402
-from helpers.pool import SessionPool  # noqa: E402
-from helpers.routed_tools import routed_file_tools  # noqa: E402
-from helpers.runtime import start_server  # noqa: E402
-from helpers.vfs import VirtualFS  # noqa: E402
+from helpers.model.backends import choose_backend  # noqa: E402
+from helpers.notebook.display import table, text_of  # noqa: E402
+from helpers.notebook.timing import Result, measure, plot, ratio  # noqa: E402
+from helpers.run import TMP, remove_dir  # noqa: E402
+from helpers.runtime.server import start_server  # noqa: E402
+from helpers.serving.pool import SessionPool  # noqa: E402
+from helpers.tools.file_tools import ALLOWLIST, file_tools  # noqa: E402
+from helpers.tools.routed_tools import routed_file_tools  # noqa: E402
+from helpers.tools.vfs import VirtualFS  # noqa: E402
 
 TIMEOUT = 60
 NAIVE, NODELAY, PREPARED = "naive (default transport)", "naive + TCP_NODELAY", "prepared-ahead"

@@ -14,15 +14,15 @@ import os
 from collections import Counter
 
 from copilot import CopilotClient
+from pg_server import find_bin_dir, start_postgres
 
-from helpers import transport
-from helpers.backends import choose_backend
-from helpers.costs import measure
-from helpers.paths import relative, remove_dir, run_dir
-from helpers.pg_server import find_bin_dir, start_postgres
-from helpers.runtime import start_server
-from helpers.session_fs import SESSION_FS, store_fs
-from helpers.session_store import open_store
+from helpers.model.backends import choose_backend
+from helpers.notebook.costs import measure
+from helpers.run import relative, remove_dir, run_dir
+from helpers.runtime import transport
+from helpers.runtime.server import start_server
+from helpers.store import open_store
+from helpers.store.session_fs import SESSION_FS, store_fs
 
 TIMEOUT = 60
 
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="resume + turn rounds per store")
     parser.add_argument("--no-quickack", action="store_true", help="clients ACK as Linux likes")
     args = parser.parse_args()
-    from helpers.display import table
+    from helpers.notebook.display import table
 
     url = os.environ.get("DATABASE_URL", "")
     server = None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.backends import Backend, choose_backend
-from helpers.runtime import RuntimeServer, start_server
+from helpers.model.backends import Backend, choose_backend
+from helpers.runtime.server import RuntimeServer, start_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

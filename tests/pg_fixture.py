@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from helpers.pg_server import INSTALL_HINT, find_bin_dir, start_postgres
+from pg_server import INSTALL_HINT, find_bin_dir, start_postgres
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from helpers.backends import TOKEN_VARS, BackendError, choose_backend
-from helpers.standin_model import StandInModel
+from helpers.model.backends import TOKEN_VARS, BackendError, choose_backend
+from helpers.model.standin import StandInModel
 
 
 def closed_port() -> int:

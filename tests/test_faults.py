@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from copilot import CopilotClient, RuntimeConnection
 
-from helpers import paths, watchdog
-from helpers.backends import Backend
-from helpers.runtime import attach_server, start_server
+from helpers import run as paths
+from helpers.model.backends import Backend
+from helpers.runtime import watchdog
+from helpers.runtime.server import attach_server, start_server
 
 pytestmark = pytest.mark.runtime
 

@@ -25,7 +25,7 @@ import nbformat
 import pytest
 from conftest import REPO_ROOT, our_runtime_processes
 
-from helpers.paths import TMP, remove_dir
+from helpers.run import TMP, remove_dir
 
 CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOKS = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from helpers.lifecycle import at_kernel_exit
-from helpers.paths import RUNS, latest_run, remove_dir, run_dir
+from helpers.run import RUNS, at_kernel_exit, latest_run, remove_dir, run_dir
 
 
 def test_a_new_run_of_the_same_name_cleans_up_the_earlier_one_first() -> None:

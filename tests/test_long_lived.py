@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from copilot import CopilotClient, RuntimeConnection
 
-from helpers.backends import choose_backend
-from helpers.display import file_contains
-from helpers.paths import TMP, remove_dir
-from helpers.runtime import RuntimeServer, start_server
-from helpers.standin_model import StandInModel
+from helpers.model.backends import choose_backend
+from helpers.model.standin import StandInModel
+from helpers.notebook.display import file_contains
+from helpers.run import TMP, remove_dir
+from helpers.runtime.server import RuntimeServer, start_server
 
 pytestmark = pytest.mark.runtime
 TIMEOUT = 60

@@ -15,7 +15,7 @@ import papermill
 import pytest
 from conftest import REPO_ROOT, our_runtime_processes
 
-from helpers.paths import LOGS, RUNS, TMP
+from helpers.run import LOGS, RUNS, TMP
 
 pytestmark = pytest.mark.notebook
 NOTEBOOKS = REPO_ROOT / "notebooks"

@@ -6,8 +6,8 @@ import pytest
 from copilot import CopilotClient
 from copilot._jsonrpc import JsonRpcError
 
-from helpers.credentials import NoTokenForUser, UserTokens
-from helpers.registry import (
+from helpers.serving.credentials import NoTokenForUser, UserTokens
+from helpers.serving.registry import (
     NotYourSession,
     SessionRegistry,
     owned_delete,

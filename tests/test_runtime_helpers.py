@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from helpers import runtime
-from helpers.paths import process_alive
-from helpers.runtime import (
+from helpers.run import process_alive
+from helpers.runtime.server import (
     RuntimeNotFound,
     RuntimeStartError,
     expected_runtime_version,
@@ -25,6 +24,7 @@ from helpers.runtime import (
     runtime_version,
     start_server,
 )
+from helpers.runtime import server as runtime
 
 
 def fake_runtime(tmp_path: Path, body: str) -> Path:
@@ -117,8 +117,8 @@ def test_redact() -> None:
 
 ORPHAN_SCRIPT = textwrap.dedent("""
     import sys, time
-    from helpers.backends import choose_backend
-    from helpers.runtime import start_server
+    from helpers.model.backends import choose_backend
+    from helpers.runtime.server import start_server
     backend = choose_backend("local", env={})
     server = start_server(backend.server_env, remove_env=backend.server_remove_env)
     print(server.pid, flush=True)

@@ -8,14 +8,14 @@ import secrets
 import pytest
 from copilot import CopilotClient
 
-from helpers.drain import Drain, Draining
-from helpers.file_tools import ALLOWLIST
-from helpers.locks import SessionLocks
-from helpers.pool import PoolClosed, SessionPool
-from helpers.routed_tools import routed_file_tools
-from helpers.sweep import find_orphans, sweep
-from helpers.turns import EventLog
-from helpers.vfs import VirtualFS
+from helpers.events import EventLog
+from helpers.serving.drain import Drain, Draining
+from helpers.serving.locks import SessionLocks
+from helpers.serving.pool import PoolClosed, SessionPool
+from helpers.serving.sweep import find_orphans, sweep
+from helpers.tools.file_tools import ALLOWLIST
+from helpers.tools.routed_tools import routed_file_tools
+from helpers.tools.vfs import VirtualFS
 
 pytestmark = pytest.mark.runtime
 TIMEOUT = 60

@@ -13,13 +13,15 @@ from pathlib import Path
 import pg_fixture
 import psycopg
 import pytest
+from pg_server import start_postgres
 
-from helpers.lease import Lease, LeaseBusy, LeaseExpired, held
-from helpers.pg_server import start_postgres
-from helpers.pg_store import safe_url
-from helpers.router import Router
-from helpers.session_fs import StoreFs, forks, user_texts
-from helpers.session_store import NotOwner, SessionStore, StoreError, open_store
+from helpers.events import forks, user_texts
+from helpers.store import open_store
+from helpers.store.base import NotOwner, SessionStore, StoreError
+from helpers.store.lease import Lease, LeaseBusy, LeaseExpired, held
+from helpers.store.postgres import safe_url
+from helpers.store.router import Router
+from helpers.store.session_fs import StoreFs
 
 postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
 
@@ -215,7 +217,7 @@ def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
 
 
 def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    from helpers import pg_server
+    import pg_server
 
     monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
     found = pg_server.find_bin_dir()
@@ -227,7 +229,7 @@ def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -
 
 def test_the_cluster_folder_is_one_the_server_can_enter(monkeypatch: pytest.MonkeyPatch) -> None:
     """As root the server runs as nobody: a clone under a private folder puts it in system temp."""
-    from helpers import pg_server
+    import pg_server
 
     private = Path(tempfile.mkdtemp(prefix="pv"))  # short, like a clone in /root
     chosen: list[Path] = []

@@ -10,14 +10,14 @@ import pytest
 from copilot import CopilotClient
 from copilot.tools import define_tool
 
-from helpers.display import log_mark
-from helpers.file_tools import (
+from helpers.notebook.display import log_mark
+from helpers.tools.file_tools import (
     ALLOWLIST,
     WriteFileParams,
     approve_only_file_tools,
     file_tools,
 )
-from helpers.vfs import VirtualFS
+from helpers.tools.vfs import VirtualFS
 
 pytestmark = pytest.mark.runtime
 TIMEOUT = 60

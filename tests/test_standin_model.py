@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers.standin_model import (
+from helpers.model.standin import (
     MODEL_ID,
     StandInModel,
     compose_reply,

@@ -9,7 +9,7 @@ import sys
 import nbformat
 from conftest import REPO_ROOT
 
-from helpers.strip_outputs import is_tutorial_notebook, strip
+from helpers.notebook.strip_outputs import is_tutorial_notebook, strip
 
 CONFIG = REPO_ROOT / ".venv" / "etc" / "jupyter" / "jupyter_server_config.json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from copilot import CopilotClient
 
-from helpers import transport
+from helpers.runtime import transport
 
 
 async def test_clients_get_nodelay_and_it_can_be_switched_off(server) -> None:

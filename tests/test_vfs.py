@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from helpers.vfs import VfsError, VirtualFS
+from helpers.tools.vfs import VfsError, VirtualFS
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from copilot import CopilotClient
 
-from helpers.runtime import attach_server
-from helpers.widgets import Answer, ChatPanel
+from helpers.notebook.widgets import Answer, ChatPanel
+from helpers.runtime.server import attach_server
 
 
 async def echo(user: str, message: str) -> Answer:

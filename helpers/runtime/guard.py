@@ -1,6 +1,6 @@
 """Run one command and make sure it dies with the Python process that started us.
 
-Usage: python _guard.py LOG_FILE -- COMMAND [ARGS...]
+Usage: python guard.py LOG_FILE -- COMMAND [ARGS...]
 
 The parent keeps the write end of our stdin. When the parent exits for any
 reason (including ``kill -9``), our stdin reaches end-of-file and we stop the
@@ -48,7 +48,7 @@ def _stop(child: subprocess.Popen[bytes]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: _guard.py LOG_FILE -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: guard.py LOG_FILE -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     log_path, command = argv[0], argv[2:]
     with open(log_path, "ab", buffering=0) as log:

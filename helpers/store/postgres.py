@@ -6,7 +6,7 @@ import asyncio
 import urllib.parse
 from typing import Any
 
-from .session_store import SessionStore, StoreError
+from helpers.store.base import SessionStore, StoreError
 
 CONNECT_TIMEOUT_S = 5
 

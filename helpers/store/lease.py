@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .session_store import SessionStore
+from helpers.store.base import SessionStore
 
 POLL_S = 0.02
 

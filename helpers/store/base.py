@@ -1,13 +1,10 @@
-"""Session files as rows in the application's database: SQLite by default, PostgreSQL by URL."""
+"""The session store's interface: session files as rows, and leases, over one SQL dialect."""
 
 from __future__ import annotations
 
-import os
-import re
-import sqlite3
+import abc
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 TABLES = (
@@ -51,21 +48,22 @@ class Row:
 _COLUMNS = "session_id, path, content, kind, created_at, modified_at, user_id"
 
 
-class SessionStore:
+class SessionStore(abc.ABC):
     """One interface over two engines; subclasses only say how to run a statement."""
 
-    engine = "?"
+    engine: str
 
+    @abc.abstractmethod
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
         """Run one statement; return its rows and the number of rows it changed."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection."""
 
+    @abc.abstractmethod
     def describe(self) -> str:
         """Where the rows live, without any password."""
-        raise NotImplementedError
 
     async def create_tables(self) -> None:
         """Create the tables if they are missing (safe to call again)."""
@@ -220,59 +218,3 @@ class SessionStore:
             "DELETE FROM session_leases WHERE session_id = ? AND holder = ?", (session_id, holder)
         )
         return changed == 1
-
-
-class SqliteStore(SessionStore):
-    """The store in one SQLite file (nothing to install)."""
-
-    engine = "sqlite"
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-
-    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
-        cursor = self._db.execute(sql, args)
-        return cursor.fetchall(), cursor.rowcount
-
-    async def close(self) -> None:
-        self._db.close()
-
-    def describe(self) -> str:
-        from .paths import relative
-
-        return f"SQLite file {relative(self.path)}"
-
-
-async def open_store(
-    run_folder: Path, database_url: str | None = None, schema: str = ""
-) -> SessionStore:
-    """PostgreSQL when ``database_url`` (default ``$DATABASE_URL``) is set, else SQLite.
-
-    Args:
-        run_folder: Where the SQLite file goes (``sessions.db`` in it).
-        database_url: A ``postgresql://`` URL; ``None`` reads ``DATABASE_URL``.
-        schema: PostgreSQL only: keep the tables in this schema (one per run), created if missing.
-
-    Returns:
-        A store whose tables exist.
-
-    Raises:
-        StoreError: a bad URL, an unreachable server, a wrong password (no password shown).
-    """
-    url = os.environ.get("DATABASE_URL", "") if database_url is None else database_url
-    store: SessionStore
-    if url:
-        if schema and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
-            raise StoreError(f"schema {schema!r}: use lowercase letters, digits and '_'")
-        from .pg_store import PostgresStore
-
-        store = await PostgresStore(url, schema).connect()
-    else:
-        store = SqliteStore(Path(run_folder) / "sessions.db")
-    await store.create_tables()
-    return store

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import ipywidgets as w
 
-from .widgets import Answer, ChatPanel
+from helpers.notebook.widgets import Answer, ChatPanel
 
 AskInFn = Callable[[str, str, str], Awaitable[Answer]]
 

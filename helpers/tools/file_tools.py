@@ -1,6 +1,6 @@
 """Notebook 02's file tools, defined once: the notebook shows this source, the tests import it.
 
-Each tool is bound to one user's :class:`~helpers.vfs.VirtualFS`, so a session serving User B
+Each tool is bound to one user's :class:`~helpers.tools.vfs.VirtualFS`, so a session serving User B
 holds no tool that could touch User A's files. Refusals are *returned* to the model as
 ``ToolResult(result_type="failure")``: a raised exception reaches the model only as "Tool
 execution failed" (its text still reaches the runtime, so never put secrets in it).
@@ -16,7 +16,7 @@ from copilot.generated.rpc import PermissionDecisionApproveOnce, PermissionDecis
 from copilot.tools import Tool, ToolInvocation, ToolResult, define_tool
 from pydantic import BaseModel, Field
 
-from .vfs import VfsError, VirtualFS
+from helpers.tools.vfs import VfsError, VirtualFS
 
 TOOL_NAMES = ("write_file", "read_file", "list_files")
 ALLOWLIST = [f"custom:{name}" for name in TOOL_NAMES]

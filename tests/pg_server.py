@@ -15,12 +15,11 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import TMP, writable_dir
-from .runtime import STOP_TIMEOUT_S, log_tail, redact, stop_guard
+from helpers.run import TMP, writable_dir
+from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, log_tail, redact, stop_guard
 
 START_TIMEOUT_S = 30.0
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"
-_GUARD = Path(__file__).with_name("_guard.py")
 UNPRIVILEGED = "nobody"
 
 
@@ -202,7 +201,7 @@ def _launch(
         ids = [f"--reuid={user['user']}", f"--regid={user['group']}", "--clear-groups"]
         command = [_setpriv(), *ids, "--", *command]
     return subprocess.Popen(
-        [sys.executable, str(_GUARD), str(log), "--", *command],
+        [sys.executable, str(GUARD), str(log), "--", *command],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import textwrap
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from .paths import relative
-from .standin_model import RequestRecord, StandInModel
+from helpers.events import parse_events
+from helpers.model.standin import RequestRecord, StandInModel
+from helpers.run import relative
 
 _SKIP_DIRS = {"installed-plugins", "logs"}
 
@@ -173,21 +172,6 @@ def file_contains(root: Path, *needles: str) -> list[str]:
             if any(needle in data for needle in wanted):
                 hits.append(relative(path))
     return hits
-
-
-def parse_events(text: str) -> list[dict[str, Any]]:
-    """The events of an ``events.jsonl`` text, one dict per non-empty line."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def user_texts(events: list[dict[str, Any]]) -> list[str]:
-    """The user messages among ``events``, in order."""
-    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
-
-
-def user_messages(events_path: Path) -> list[str]:
-    """The user messages recorded in a session's ``events.jsonl``, decoded from JSON."""
-    return user_texts(parse_events(Path(events_path).read_text()))
 
 
 def table(rows: list[dict[str, object]]) -> None:

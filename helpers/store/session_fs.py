@@ -12,10 +12,10 @@ from typing import Any
 from copilot.rpc import SessionFSReaddirWithTypesEntry, SessionFSReaddirWithTypesEntryType
 from copilot.session_fs_provider import SessionFsFileInfo, SessionFsProvider
 
-from .display import parse_events, user_texts
-from .session_store import Row, SessionStore
+from helpers.events import parse_events
+from helpers.store.base import Row, SessionStore
 
-__all__ = ["SESSION_FS", "StoreFs", "forks", "store_fs", "stored_events", "user_texts"]
+__all__ = ["SESSION_FS", "StoreFs", "store_fs", "stored_events"]
 
 # What every session_fs client of these notebooks passes as ``CopilotClient(session_fs=...)``.
 SESSION_FS = {
@@ -158,12 +158,3 @@ async def stored_events(store: SessionStore, session_id: str) -> list[dict[str, 
     """The session's ``events.jsonl`` as the store holds it, one dict per event."""
     row = await store.read(session_id, EVENTS)
     return parse_events(row.content) if row else []
-
-
-def forks(events: list[dict[str, Any]]) -> int:
-    """How many events do not follow the event before them (0 for a linear history)."""
-    return sum(
-        1
-        for before, event in zip(events, events[1:], strict=False)
-        if event.get("parentId") != before.get("id")
-    )

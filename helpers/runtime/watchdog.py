@@ -24,7 +24,7 @@ from typing import Any
 from copilot import CopilotClient
 from copilot.session import CopilotSession
 
-from .paths import relative
+from helpers.run import relative
 
 START_TIMEOUT_S = 20.0
 _LOGS: dict[str, str] = {}

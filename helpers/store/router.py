@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lease import held
-from .session_store import SessionStore
+from helpers.store.base import SessionStore
+from helpers.store.lease import held
 
 # A turn: (the runtime's client, session id, user, message) -> the reply's text.
 Turn = Callable[[Any, str, str, str], Awaitable[str]]

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT
+from helpers.run import REPO_ROOT
 
 TUTORIAL_NOTEBOOKS = REPO_ROOT / "notebooks"
 _NUMBERED = re.compile(r"^\d\d_.*\.ipynb$")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backends import Backend
-from .runtime import (
+from helpers.model.backends import Backend
+from helpers.runtime.server import (
     RuntimeServer,
     attach_server,
     expected_runtime_version,

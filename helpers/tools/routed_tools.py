@@ -12,8 +12,8 @@ from typing import Any
 
 from copilot.tools import Tool, ToolInvocation, ToolResult
 
-from .file_tools import NO_FILES, Handler, define_file_tools, failure
-from .vfs import VfsError, VirtualFS
+from helpers.tools.file_tools import NO_FILES, Handler, define_file_tools, failure
+from helpers.tools.vfs import VfsError, VirtualFS
 
 FsFor = Callable[[str], VirtualFS | None]
 

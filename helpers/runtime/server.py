@@ -15,12 +15,12 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import LOGS, REPO_ROOT, TMP, relative, writable_dir
+from helpers.run import LOGS, REPO_ROOT, TMP, relative, writable_dir
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 _PORT_LINE = re.compile(r"listening on port (\d+)")
-_GUARD = Path(__file__).with_name("_guard.py")
+GUARD = Path(__file__).with_name("guard.py")
 _OUR_ENV_NAMES = {"COPILOT_HOME", "COPILOT_CONNECTION_TOKEN"}
 
 
@@ -244,7 +244,7 @@ def attach_server(url: str, token: str | None = None) -> RuntimeServer:
         raise ValueError("attach_server needs a URL such as 127.0.0.1:4321")
     if token is None:
         token = os.environ.get("COPILOT_CONNECTION_TOKEN") or None
-    from . import transport, watchdog
+    from helpers.runtime import transport, watchdog
 
     watchdog.install()
     transport.install()
@@ -260,7 +260,7 @@ def _launch(
     timeout: float,
 ) -> RuntimeServer:
     """Spawn the guard and the server under it; wait for the announced port."""
-    from . import transport, watchdog
+    from helpers.runtime import transport, watchdog
 
     watchdog.install()
     transport.install()
@@ -274,7 +274,7 @@ def _launch(
     command = [str(binary), "--headless", "--port", "0", "--no-auto-update"]
     started = time.monotonic()
     guard = subprocess.Popen(
-        [sys.executable, str(_GUARD), str(log_path), "--", *command],
+        [sys.executable, str(GUARD), str(log_path), "--", *command],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

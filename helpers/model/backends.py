@@ -8,7 +8,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from .standin_model import MODEL_ID, StandInModel
+from helpers.model.standin import MODEL_ID, StandInModel
 
 BACKENDS = ("local", "github", "byok")
 TOKEN_VARS = ("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN")

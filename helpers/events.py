@@ -1,11 +1,38 @@
-"""Watch what a session does: the events it emits, with the time each one arrived."""
+"""A session's events: read from ``events.jsonl``, checked for forks, watched as they arrive."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
+from typing import Any
 
 from copilot.session import CopilotSession
+
+
+def parse_events(text: str) -> list[dict[str, Any]]:
+    """The events of an ``events.jsonl`` text, one dict per non-empty line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def user_texts(events: list[dict[str, Any]]) -> list[str]:
+    """The user messages among ``events``, in order."""
+    return [e["data"].get("content", "") for e in events if e.get("type") == "user.message"]
+
+
+def user_messages(events_path: Path) -> list[str]:
+    """The user messages recorded in a session's ``events.jsonl``, decoded from JSON."""
+    return user_texts(parse_events(Path(events_path).read_text()))
+
+
+def forks(events: list[dict[str, Any]]) -> int:
+    """How many events do not follow the event before them (0 for a linear history)."""
+    return sum(
+        1
+        for before, event in zip(events, events[1:], strict=False)
+        if event.get("parentId") != before.get("id")
+    )
 
 
 class EventLog:
