@@ -12,14 +12,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from helpers.errors import TmpNotWritable
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TMP = REPO_ROOT / "tmp"
 LOGS = TMP / "logs"
 RUNS = TMP / "runs"
-
-
-class TmpNotWritable(OSError):
-    """The folder where runs keep their files cannot be written."""
 
 
 def remove_dir(path: Path) -> Path:

@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from helpers.model.backends import TOKEN_VARS, BackendError, choose_backend
+from helpers.errors import BackendError
+from helpers.model.backends import TOKEN_VARS, choose_backend
 from helpers.model.standin import StandInModel
 
 

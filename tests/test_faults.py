@@ -15,6 +15,7 @@ import pytest
 from copilot import CopilotClient, RuntimeConnection
 
 from helpers import run as paths
+from helpers.errors import RuntimeGone, RuntimeUnreachable, TmpNotWritable
 from helpers.model.backends import Backend
 from helpers.runtime import watchdog
 from helpers.runtime.server import attach_server, start_server
@@ -45,7 +46,7 @@ async def kill_during_turn(local_backend: Backend, attached: bool) -> tuple[floa
         assert not turn.done(), "the slow turn should still be running"
         os.killpg(server.pid, signal.SIGKILL)
         killed = time.monotonic()
-        with pytest.raises(watchdog.RuntimeGone) as caught:
+        with pytest.raises(RuntimeGone) as caught:
             await asyncio.wait_for(turn, timeout=30)
         return time.monotonic() - killed, caught.value
     finally:
@@ -77,7 +78,7 @@ async def test_requests_after_the_runtime_died_say_so(local_backend: Backend) ->
         deadline = time.monotonic() + 10
         while getattr(client, "_runtime_gone", None) is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        with pytest.raises(watchdog.RuntimeGone, match="stopped: its connection closed"):
+        with pytest.raises(RuntimeGone, match="stopped: its connection closed"):
             await client.create_session(available_tools=[], **local_backend.session_kwargs())
     finally:
         await client.force_stop()
@@ -112,7 +113,7 @@ async def test_silent_listener_fails_start_within_its_timeout() -> None:
     client = client_for(attach_server(url, "some-token").url, "some-token")
     started = time.monotonic()
     try:
-        with pytest.raises(watchdog.RuntimeUnreachable, match=f"at {url} within 2 s"):
+        with pytest.raises(RuntimeUnreachable, match=f"at {url} within 2 s"):
             await client.start()
         seconds = time.monotonic() - started
         print(f"silent listener: start() failed after {seconds:.2f} s")
@@ -128,5 +129,5 @@ def test_unwritable_tmp_says_what_the_folder_is_for(monkeypatch: pytest.MonkeyPa
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(Path, "touch", read_only)
-    with pytest.raises(paths.TmpNotWritable, match="tmp/ folder: make it writable"):
+    with pytest.raises(TmpNotWritable, match="tmp/ folder: make it writable"):
         paths.run_dir("faults")

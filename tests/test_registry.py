@@ -6,7 +6,8 @@ import pytest
 from copilot import CopilotClient
 from copilot._jsonrpc import JsonRpcError
 
-from helpers.serving.credentials import NoTokenForUser, UserTokens
+from helpers.errors import NoTokenForUser
+from helpers.serving.credentials import UserTokens
 from helpers.serving.registry import (
     NotYourSession,
     SessionRegistry,

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from helpers.run import process_alive
+from helpers.runtime import server as runtime
 from helpers.runtime.server import (
     RuntimeNotFound,
     RuntimeStartError,
@@ -24,7 +25,6 @@ from helpers.runtime.server import (
     runtime_version,
     start_server,
 )
-from helpers.runtime import server as runtime
 
 
 def fake_runtime(tmp_path: Path, body: str) -> Path:

@@ -8,10 +8,11 @@ import secrets
 import pytest
 from copilot import CopilotClient
 
+from helpers.errors import Draining, PoolClosed
 from helpers.events import EventLog
-from helpers.serving.drain import Drain, Draining
+from helpers.serving.drain import Drain
 from helpers.serving.locks import SessionLocks
-from helpers.serving.pool import PoolClosed, SessionPool
+from helpers.serving.pool import SessionPool
 from helpers.serving.sweep import find_orphans, sweep
 from helpers.tools.file_tools import ALLOWLIST
 from helpers.tools.routed_tools import routed_file_tools

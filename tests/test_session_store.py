@@ -15,10 +15,11 @@ import psycopg
 import pytest
 from pg_server import start_postgres
 
+from helpers.errors import LeaseBusy, LeaseExpired, NotYourSession, StoreError
 from helpers.events import forks, user_texts
 from helpers.store import open_store
-from helpers.store.base import NotOwner, SessionStore, StoreError
-from helpers.store.lease import Lease, LeaseBusy, LeaseExpired, held
+from helpers.store.base import SessionStore
+from helpers.store.lease import Lease, held
 from helpers.store.postgres import safe_url
 from helpers.store.router import Router
 from helpers.store.session_fs import StoreFs
@@ -60,10 +61,10 @@ async def test_files_round_trip(store: SessionStore) -> None:
 async def test_ownership_and_deleting_a_user(store: SessionStore) -> None:
     await store.write("a-1", "A", "/f", "A's secret", "file")
     await store.write("b-1", "B", "/f", "B's note", "file")
-    await store.check_owner("a-1", "A")
-    await store.check_owner("new-session", "B")  # unknown ids are free to create
-    with pytest.raises(NotOwner, match="'a-1' is not a session of user 'B'"):
-        await store.check_owner("a-1", "B")
+    await store.check_owner("A", "a-1")
+    await store.check_owner("B", "new-session")  # unknown ids are free to create
+    with pytest.raises(NotYourSession, match="'a-1' is not a session of user 'B'"):
+        await store.check_owner("B", "a-1")
     assert await store.try_lease("a-1", "runtime-1", 30)
     assert await store.delete_user("A") == 1
     assert await store.rows(user="A") == [] and await store.lease_of("a-1") is None
@@ -154,7 +155,7 @@ async def test_router_picks_and_holds_the_lease(store: SessionStore) -> None:
     assert {runtime for runtime, _ in results} == {"r1", "r2"}, "least busy spreads the load"
     assert all(client == holder for client, holder in holders), "the lease names the runtime"
     assert [await store.lease_of(f"s{n}") for n in range(4)] == [None] * 4
-    with pytest.raises(NotOwner):
+    with pytest.raises(NotYourSession):
         await router.send("intruder", "s1", "hi")
     hashed = Router({"r1": "r1", "r2": "r2"}, store, turn, strategy="hash")
     assert len({hashed.pick("same") for _ in range(5)}) == 1

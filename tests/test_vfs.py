@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from helpers.tools.vfs import VfsError, VirtualFS
+from helpers.errors import VfsError
+from helpers.tools.vfs import VirtualFS
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from helpers.errors import BackendError
 from helpers.model.standin import MODEL_ID, StandInModel
 
 BACKENDS = ("local", "github", "byok")
@@ -20,10 +21,6 @@ PROVIDER_VARS = (
 )
 PROVIDER_TYPES = ("openai", "azure", "anthropic")
 REACH_TIMEOUT_S = 5.0
-
-
-class BackendError(RuntimeError):
-    """The chosen backend cannot be used as configured."""
 
 
 @dataclass

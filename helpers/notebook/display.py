@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from helpers.errors import NoReply
 from helpers.events import parse_events
 from helpers.model.standin import RequestRecord, StandInModel
 from helpers.run import relative
@@ -42,10 +43,6 @@ def short(text: str | None, width: int = 100) -> str:
     return (
         textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" …") or "(empty)"
     )
-
-
-class NoReply(RuntimeError):
-    """The turn ended without an assistant message."""
 
 
 def text_of(event: object) -> str:

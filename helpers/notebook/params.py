@@ -6,10 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-
-class ParameterError(ValueError):
-    """One or more parameters have values the notebook cannot use."""
-
+from helpers.errors import ParameterError
 
 Rule = Callable[[str, Any], str | None]
 

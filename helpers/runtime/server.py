@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.errors import RuntimeNotFound, RuntimeStartError
 from helpers.run import LOGS, REPO_ROOT, TMP, relative, writable_dir
 
 START_TIMEOUT_S = 30.0
@@ -22,14 +23,6 @@ STOP_TIMEOUT_S = 10.0
 _PORT_LINE = re.compile(r"listening on port (\d+)")
 GUARD = Path(__file__).with_name("guard.py")
 _OUR_ENV_NAMES = {"COPILOT_HOME", "COPILOT_CONNECTION_TOKEN"}
-
-
-class RuntimeNotFound(RuntimeError):
-    """No Copilot runtime binary could be found."""
-
-
-class RuntimeStartError(RuntimeError):
-    """The runtime did not start; the message quotes the end of its log."""
 
 
 def find_runtime() -> Path:

@@ -24,19 +24,12 @@ from typing import Any
 from copilot import CopilotClient
 from copilot.session import CopilotSession
 
+from helpers.errors import RuntimeGone, RuntimeUnreachable
 from helpers.run import relative
 
 START_TIMEOUT_S = 20.0
 _LOGS: dict[str, str] = {}
 _state = {"installed": False, "start_timeout": START_TIMEOUT_S}
-
-
-class RuntimeGone(RuntimeError):
-    """The runtime's connection closed: it stopped, crashed or was killed."""
-
-
-class RuntimeUnreachable(RuntimeError):
-    """Nothing at the URL completed the runtime's handshake within the start timeout."""
 
 
 def note_runtime(url: str, log_path: Path | None) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
-class NoTokenForUser(LookupError):
-    """The application holds no GitHub token for this user."""
+from helpers.errors import NoTokenForUser
 
 
 class UserTokens:

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-
-class Draining(RuntimeError):
-    """The application is shutting down and takes no new requests."""
+from helpers.errors import Draining
 
 
 class Drain:

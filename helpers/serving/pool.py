@@ -15,12 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from copilot.session import CopilotSession
 
+from helpers.errors import PoolClosed
+
 CreateFn = Callable[[], Awaitable[CopilotSession]]
 DeleteFn = Callable[[CopilotSession], Awaitable[None]]
-
-
-class PoolClosed(RuntimeError):
-    """The pool was closed; it serves no more requests."""
 
 
 class SessionPool:

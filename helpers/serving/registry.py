@@ -18,11 +18,9 @@ from typing import Any
 from copilot import CopilotClient
 from copilot.session import CopilotSession
 
+from helpers.errors import NotYourSession
+
 _USER = re.compile(r"[a-z0-9]{1,32}")
-
-
-class NotYourSession(PermissionError):
-    """The session id is unknown, or belongs to another user: refused before anything ran."""
 
 
 class SessionRegistry:

@@ -10,7 +10,8 @@ import os
 import re
 from pathlib import Path
 
-from helpers.store.base import SessionStore, StoreError
+from helpers.errors import StoreError
+from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
 from helpers.store.sqlite import SqliteStore
 

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from helpers.errors import NotYourSession
+
 TABLES = (
     """CREATE TABLE IF NOT EXISTS session_files (
         session_id TEXT NOT NULL,
@@ -22,14 +24,6 @@ TABLES = (
         holder TEXT NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL)""",
 )
-
-
-class StoreError(RuntimeError):
-    """The session store cannot be used as configured."""
-
-
-class NotOwner(StoreError):
-    """A session id that belongs to another user."""
 
 
 @dataclass
@@ -153,11 +147,11 @@ class SessionStore(abc.ABC):
         )
         return rows[0][0] if rows else None
 
-    async def check_owner(self, session_id: str, user: str) -> None:
-        """Raise ``NotOwner`` when the session exists and belongs to someone else."""
+    async def check_owner(self, user: str, session_id: str) -> None:
+        """Raise ``NotYourSession`` when the session exists and belongs to someone else."""
         owner = await self.owner(session_id)
         if owner is not None and owner != user:
-            raise NotOwner(f"session {session_id!r} is not a session of user {user!r}")
+            raise NotYourSession(f"session {session_id!r} is not a session of user {user!r}")
 
     async def rows(self, user: str | None = None, session_id: str | None = None) -> list[Row]:
         """All rows, or those of one user and/or one session."""

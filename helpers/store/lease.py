@@ -8,17 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from helpers.errors import LeaseBusy, LeaseExpired
 from helpers.store.base import SessionStore
 
 POLL_S = 0.02
-
-
-class LeaseBusy(RuntimeError):
-    """Another holder kept the session's lease for longer than we were willing to wait."""
-
-
-class LeaseExpired(RuntimeError):
-    """Our lease ran out (and may have passed to another holder) before we released it."""
 
 
 @dataclass

@@ -6,7 +6,8 @@ import asyncio
 import urllib.parse
 from typing import Any
 
-from helpers.store.base import SessionStore, StoreError
+from helpers.errors import StoreError
+from helpers.store.base import SessionStore
 
 CONNECT_TIMEOUT_S = 5
 

@@ -44,7 +44,7 @@ class Router:
 
     async def send(self, user: str, session_id: str, message: str) -> tuple[str, str]:
         """Run one turn on a runtime, under the session's lease; return (runtime, reply)."""
-        await self.store.check_owner(session_id, user)
+        await self.store.check_owner(user, session_id)
         name = self.pick(session_id)
         self.busy[name] += 1
         try:

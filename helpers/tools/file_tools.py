@@ -16,7 +16,8 @@ from copilot.generated.rpc import PermissionDecisionApproveOnce, PermissionDecis
 from copilot.tools import Tool, ToolInvocation, ToolResult, define_tool
 from pydantic import BaseModel, Field
 
-from helpers.tools.vfs import VfsError, VirtualFS
+from helpers.errors import VfsError
+from helpers.tools.vfs import VirtualFS
 
 TOOL_NAMES = ("write_file", "read_file", "list_files")
 ALLOWLIST = [f"custom:{name}" for name in TOOL_NAMES]

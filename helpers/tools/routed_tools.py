@@ -12,8 +12,9 @@ from typing import Any
 
 from copilot.tools import Tool, ToolInvocation, ToolResult
 
+from helpers.errors import VfsError
 from helpers.tools.file_tools import NO_FILES, Handler, define_file_tools, failure
-from helpers.tools.vfs import VfsError, VirtualFS
+from helpers.tools.vfs import VirtualFS
 
 FsFor = Callable[[str], VirtualFS | None]
 

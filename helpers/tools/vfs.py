@@ -7,13 +7,11 @@ import unicodedata
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from helpers.errors import VfsError
+
 MAX_FILE_BYTES = 64 * 1024
 MAX_FILES = 100
 MAX_PATH_CHARS = 200
-
-
-class VfsError(ValueError):
-    """A refused operation; the message is written to be shown to the model."""
 
 
 class VirtualFS:
