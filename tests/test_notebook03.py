@@ -30,6 +30,10 @@ def test_notebook_03_with_solutions_and_other_parameters() -> None:
     assert "median latency ratio (prepared-ahead / naive)" in text
     assert "deleted user-b-" in text, "exercise 1's solution ran"
     assert "served 8, created" in text, "exercise 3's solution ran"
+    assert "each of the 8 files is in its own user's filesystem" in text, "exercise 3's files"
+    assert "and a_id: " in text, "exercise 1: B cannot delete A's session"
+    assert "gave up after" in text and "the turn went on" in text, "the slow tool outlived the wait"
+    assert "a request was in flight when the drain began: True" in text, "the drain waited"
 
 
 def test_notebook_03_bad_parameters_each_get_a_message() -> None:
