@@ -9,7 +9,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from copilot import CopilotClient
 from copilot.tools import define_tool
 from peer_model import PEER_MODEL, PeerModel, drop_wrappers
 from pydantic import BaseModel
@@ -161,7 +160,7 @@ async def test_the_real_runtime_on_the_peer_remembers_and_calls_tools(
 ) -> None:
     backend = choose_backend("byok", env=peer.env())
     home = remove_dir(TMP / f"test-peer-home-{int(streaming)}")
-    server = start_server(backend.server_env, home=home, remove_env=backend.server_remove_env)
+    server = start_server(backend, home=home)
     read: list[str] = []
 
     def get_doc(params: _Path, invocation: object) -> str:
@@ -176,7 +175,7 @@ async def test_the_real_runtime_on_the_peer_remembers_and_calls_tools(
         skip_permission=True,
     )
     try:
-        async with CopilotClient(mode="empty", connection=server.connection()) as client:
+        async with server.connect() as client:
             session = await client.create_session(
                 tools=[tool],
                 available_tools=["custom:get_doc"],
