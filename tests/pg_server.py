@@ -22,6 +22,7 @@ from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, log_tail, redact, stop
 START_TIMEOUT_S = 30.0
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"
 UNPRIVILEGED = "nobody"
+DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian's postgresql-NN packages: <NN>/bin
 
 
 class PostgresNotFound(RuntimeError):
@@ -38,7 +39,7 @@ def find_bin_dir() -> Path | None:
     if on_path and shutil.which("postgres"):
         return Path(on_path).resolve().parent
     versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
+        DEBIAN_ROOT.glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
     )
     for folder in reversed(versions):

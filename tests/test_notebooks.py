@@ -51,6 +51,24 @@ def outputs_text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(str(c.get("outputs")) for c in nb.cells if c.cell_type == "code")
 
 
+def printed(nb: nbformat.NotebookNode) -> str:
+    """What the code cells printed (stream text only), as a learner reads it."""
+    return "\n".join(
+        output.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+    )
+
+
+def line_after(text: str, label: str) -> str:
+    """The rest of the first printed line that starts with ``label``; fails when there is none."""
+    match = re.search(rf"^{re.escape(label)}(.*)$", text, re.M)
+    assert match, f"nothing printed as {label!r}"
+    return match.group(1).strip()
+
+
 def committed(path: str) -> str:
     """The notebook as committed (what a clone gets), not as a JupyterLab session left it."""
     done = subprocess.run(
@@ -171,8 +189,12 @@ def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
         )
     text = outputs_text(odd)
     assert "alice-session-x" in text and "bob-session-y" in text and "AURORA-7" not in text
-    assert "User A's session says" in outputs_text(solved)
-    assert "restored session says" in outputs_text(solved)
+    said = printed(odd)
+    assert "zephyr_42-X" in line_after(said, "C2 (User A, alice-session-x):"), "C2 recalls it"
+    assert "zephyr_42-x" not in line_after(said, "C3 (User B, bob-session-y):").lower()
+    solutions = printed(solved)
+    assert "teal-42" not in line_after(solutions, "User A's session says:").lower()
+    assert "aurora-7" in line_after(solutions, "restored session says:").lower()
     for log in set(LOGS.glob("*.log")) - logs_before:
         assert canary not in log.read_text(errors="replace"), f"canary leaked into {log.name}"
     assert canary not in text, "secret canary leaked into the executed notebook"
@@ -184,5 +206,8 @@ def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:
         solved, odd = twice_at_once(NB02, dict(NOTE_NAME="plan-b.txt", NOTE_TEXT=note))
     outputs = outputs_text(odd)
     assert "plan-b.txt" in outputs and "Ship the tutorial on Friday." not in outputs
-    assert "tool results the model saw" in outputs_text(solved)
-    assert "burst 4" in outputs_text(solved)
+    assert f"- read_file: {note}" in printed(odd), "the quoted note is read back as written"
+    solutions = printed(solved)
+    assert "Refused" in line_after(solutions, "tool results the model saw:")
+    for i in range(5):  # each request of the burst has its row of timings
+        assert re.search(rf"^burst {i}\s+\d+", solutions, re.M), f"no costs for burst {i}"
