@@ -46,7 +46,7 @@ class Result:
         }
 
 
-async def measure(
+async def measure_requests(
     label: str,
     request: RequestFn,
     level: int,
