@@ -174,6 +174,16 @@ def test_a_bad_parameter_stops_the_run_before_anything_starts(
     assert set(our_runtime_processes()) <= running_before, "no runtime started"
 
 
+def test_a_run_that_fails_part_way_leaves_nothing_behind() -> None:
+    """The clean-up is registered as the run folder is made, not when the last section runs."""
+    nb = nbformat.read(NOTEBOOKS / NB01, as_version=4)
+    setup = next(i for i, c in enumerate(nb.cells) if "shared_server(" in c.source)
+    nb.cells.insert(setup + 1, nbformat.v4.new_code_cell('raise RuntimeError("a cell failed")'))
+    with leaves_nothing(NB01):
+        with pytest.raises(papermill.PapermillExecutionError, match="a cell failed"):
+            execute(NB01, source=nb, tag="fails-")
+
+
 def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
