@@ -348,7 +348,7 @@ def stop_guard(
     """Close the guard's stdin so it stops its server; kill it if it takes longer than ``grace``.
 
     ``pid``, when given, is the server's process group, killed afterwards in case it outlived the
-    guard. Used for every server started under ``_guard.py`` (the runtime, PostgreSQL).
+    guard. Used for every server started under ``guard.py`` (the runtime, PostgreSQL).
     """
     if guard is None:
         return
