@@ -3,7 +3,10 @@
 Why not pytest-postgresql, the maintained fixture for this: its ``postgresql_proc`` runs
 ``pg_ctl initdb`` and ``pg_ctl start`` as the current user, and CI runs as root, which PostgreSQL
 refuses ("pg_ctl: cannot be run as root"). It has no option to run them as another user (asked in
-its issues #341 and #455, both closed without one: run the tests as a non-root user instead). Here,
+its issues #341 and #455, both closed without one: run the tests as a non-root user instead). An
+``exec`` wrapper that drops privileges would not be enough either (not tried): its data folder is
+made under pytest's temporary folder, which pytest creates readable by its owner only, and
+``postgresql_noproc`` only connects to a server started some other way, such as this one. Here,
 as root, the cluster is made and served as ``nobody`` through ``setpriv``, in a folder that user
 can enter; run by anyone else, as the current user. The server runs under the runtime's guard
 (``helpers/runtime/guard.py``), so it dies with the test process, even a killed one.
