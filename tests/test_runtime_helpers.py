@@ -88,6 +88,32 @@ def test_silent_start_times_out_and_leaves_nothing(
     assert not process_alive(int(pid_file.read_text()))
 
 
+def test_start_server_takes_the_backend_and_redacts_its_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every runtime started from a backend hides its key: notebook 04's second runtime did not."""
+    key = "sk-canary-1234567890"
+    body = 'echo "key=$COPILOT_PROVIDER_API_KEY"; echo "listening on port 4321"; exec sleep 30'
+    monkeypatch.setenv("COPILOT_CLI_PATH", str(fake_runtime(tmp_path, body)))
+    monkeypatch.setenv("GH_TOKEN", "inherited-token-value")
+    backend = Backend(
+        "byok",
+        "m",
+        server_env={"COPILOT_PROVIDER_API_KEY": key},
+        server_remove_env=("GH_TOKEN",),
+        secret_values=[key],
+    )
+    server = start_server(backend, home=tmp_path / "home", timeout=10)
+    try:
+        assert server.url == "127.0.0.1:4321"
+        assert key in server.log_path.read_text(), "the runtime got the backend's key"
+        shown = server.log_tail() + server.describe()
+        assert key not in shown and "key=***" in shown, "and nothing we show holds it"
+        assert "GH_TOKEN" not in server._env, "what the backend removes is not inherited"
+    finally:
+        server.stop()
+
+
 @pytest.mark.runtime
 def test_offline_without_a_provider_refuses_to_start(tmp_path: Path) -> None:
     """Runtime notes: offline mode demands COPILOT_PROVIDER_BASE_URL and COPILOT_MODEL."""
