@@ -29,7 +29,8 @@ from pathlib import Path
 from support import free_port
 
 from helpers.run import TMP, writable_dir
-from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, log_tail, redact, stop_guard
+from helpers.runtime.logs import log_tail, redact
+from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, stop_guard
 
 START_TIMEOUT_S = 30.0
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"

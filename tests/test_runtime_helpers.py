@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from helpers.errors import RuntimeNotFound, RuntimeStartError
 from helpers.model.backends import Backend
 from helpers.run import process_alive
-from helpers.runtime import server as runtime
-from helpers.runtime.server import (
-    RuntimeNotFound,
-    RuntimeStartError,
-    expected_runtime_version,
-    find_runtime,
-    redact,
-    runtime_version,
-    start_server,
-)
+from helpers.runtime import binary
+from helpers.runtime.binary import expected_runtime_version, find_runtime, runtime_version
+from helpers.runtime.logs import redact
+from helpers.runtime.server import start_server
 
 
 def fake_runtime(tmp_path: Path, body: str) -> Path:
@@ -58,7 +53,7 @@ def test_missing_runtime_names_the_three_ways(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("COPILOT_CLI_PATH", raising=False)
-    monkeypatch.setattr(runtime, "_node_modules_candidates", lambda: [tmp_path / "absent"])
+    monkeypatch.setattr(binary, "_node_modules_candidates", lambda: [tmp_path / "absent"])
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeNotFound) as info:
         find_runtime()
