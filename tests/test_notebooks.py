@@ -23,6 +23,7 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 OUT = TMP / "executed" / "tests"
 NB01 = "01_multi_user_long_lived.ipynb"
 NB02 = "02_multi_user_short_lived.ipynb"
+CODENAME_NFD = "E\u0301meraude Heron 7"  # "Émeraude Heron 7" with É typed as E + a combining accent
 
 
 def execute(
@@ -195,13 +196,14 @@ def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
     with leaves_nothing(NB01):
         solved, odd = twice_at_once(
             NB01,
-            dict(CODENAME="zephyr_42-X", SESSION_A="alice-session-x", SESSION_B="bob-session-y"),
+            # accents and a space (issue: ASCII only), typed decomposed: the notebook uses NFC
+            dict(CODENAME=CODENAME_NFD, SESSION_A="alice-session-x", SESSION_B="bob-session-y"),
         )
     text = outputs_text(odd)
     assert "alice-session-x" in text and "bob-session-y" in text and "AURORA-7" not in text
     said = printed(odd)
-    assert "zephyr_42-X" in line_after(said, "C2 (User A, alice-session-x):"), "C2 recalls it"
-    assert "zephyr_42-x" not in line_after(said, "C3 (User B, bob-session-y):").lower()
+    assert "Émeraude Heron 7" in line_after(said, "C2 (User A, alice-session-x):"), "C2 recalls it"
+    assert "émeraude" not in line_after(said, "C3 (User B, bob-session-y):").lower()
     solutions = printed(solved)
     assert "teal-42" not in line_after(solutions, "User A's session says:").lower()
     assert "aurora-7" in line_after(solutions, "restored session says:").lower()
