@@ -291,6 +291,8 @@ async def case_timeout(system: System, offset: float) -> Counter[str]:
     counts = await history_counts(system.store, session_id, [o for o in (then,) if o.ok], [then])
     if not isinstance(timed_out.error, TimeoutError):
         counts["errors"] += 1  # the slow request must fail with TimeoutError, never succeed
+    kinds = [e.get("type") for e in await stored_events(system.store, session_id)]
+    counts["errors"] += "abort" not in kinds  # and its turn must be stopped, not left running
     return counts
 
 

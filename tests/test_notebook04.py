@@ -41,7 +41,6 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
             source=with_solutions(NB04),
             tag="sqlite-",
             CODENAME="zephyr_42-X",
-            SESSION_A="alice-session-x",
             USERS=3,
             TURNS=2,
             ROUTING="hash",
@@ -49,8 +48,12 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
         )
     text = outputs_text(nb)
     assert "SQLite file tmp/runs/04-" in text and "AURORA-7" not in text
-    assert "alice-session-x" in text and "6 turns in" in text
+    assert "User A's session: user-a-" in text and "6 turns in" in text
     assert "served in this order" in text and "x-three" in text, "the exercises ran"
+    assert "u2-session now holds: ['Remember: the pin is 4711.', 'What is the pin?']" in text
+    assert "8 trials, mallory 0 to 28 ms after u2: 0 leaks" in text, "the fix, proved"
+    assert "'forks': 0, 'lost': 0, 'doubled': 0, 'timeouts': 0, 'failed': 0" in text
+    assert "first request: TimeoutError" in text
     assert "PostgreSQL" not in text.split("where the files are", 1)[1].split("clean_up", 1)[0]
 
 

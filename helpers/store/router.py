@@ -95,14 +95,18 @@ class Router:
                 await self.store.check_owner(user, session_id)  # deleted while we waited?
                 fresh = not await self.store.started(session_id)
                 session = await lease.guard(self.open(self.clients[name], session_id, user, fresh))
+                idle = asyncio.Event()
+                unsubscribe = session.on(lambda event: _is_idle(event) and idle.set())
                 try:
                     event = await lease.guard(
                         session.send_and_wait(message, timeout=timeout_s or self.turn_timeout_s)
                     )
                 except BaseException:
-                    await stop_turn(session)
+                    if not idle.is_set():  # the turn still runs on the runtime: stop it
+                        await stop_turn(session, idle)
                     raise
                 finally:
+                    unsubscribe()
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(STOP_S):
                             await session.disconnect()
@@ -114,18 +118,13 @@ class Router:
         return name, getattr(event.data, "content", None) or ""
 
 
-async def stop_turn(session: Any, wait_s: float = STOP_S) -> None:
-    """Abort the session's running turn and wait (at most ``wait_s``) until it is idle."""
-    idle = asyncio.Event()
+def _is_idle(event: Any) -> bool:
+    return getattr(getattr(event, "type", None), "value", "") == "session.idle"
 
-    def on_event(event: Any) -> None:
-        if getattr(getattr(event, "type", None), "value", "") == "session.idle":
-            idle.set()
 
-    unsubscribe = session.on(on_event)
-    try:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(session.abort(), wait_s)
-            await asyncio.wait_for(idle.wait(), wait_s)
-    finally:
-        unsubscribe()
+async def stop_turn(session: Any, idle: asyncio.Event, wait_s: float = STOP_S) -> None:
+    """Abort the session's running turn and wait (at most ``wait_s``) until ``idle`` is set."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(wait_s):
+            await session.abort()
+            await idle.wait()
