@@ -275,12 +275,21 @@ def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
     raise AssertionError("the server still accepts connections after stop()")
 
 
-def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_binaries_are_found_or_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import pg_server
 
     monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
-    found = pg_server.find_bin_dir()
-    assert found is None or (found / "initdb").is_file(), "the Debian layout is searched too"
+    monkeypatch.setattr(pg_server, "DEBIAN_ROOT", tmp_path)
+    assert pg_server.find_bin_dir() is None, "nothing on PATH, nothing installed"
+    for version, binaries in [("9", ("initdb", "postgres")), ("16", ("initdb", "postgres"))]:
+        (tmp_path / version / "bin").mkdir(parents=True)
+        for name in binaries:
+            (tmp_path / version / "bin" / name).touch()
+    (tmp_path / "17" / "bin").mkdir(parents=True)
+    (tmp_path / "17" / "bin" / "initdb").touch()  # a half-installed newer one has no server
+    assert pg_server.find_bin_dir() == tmp_path / "16" / "bin", "the newest complete Debian one"
     monkeypatch.setattr(pg_server, "find_bin_dir", lambda: None)
     with pytest.raises(pg_server.PostgresNotFound, match="apt-get install postgresql"):
         pg_server.start_postgres()
