@@ -92,6 +92,10 @@ class Files(BaseModel):
     files: list[FileInfo]
 
 
+class Caller(BaseModel):
+    user: str
+
+
 class Status(BaseModel):
     status: str
 
@@ -146,6 +150,11 @@ def create_app(service: Service) -> FastAPI:
         """Liveness: the process answers HTTP."""
         return Status(status="ok")
 
+    @app.get("/whoami", response_model=Caller, responses=_errors(401))
+    async def whoami(user: User) -> Caller:
+        """Who the token belongs to (what the page shows after sign-in)."""
+        return Caller(user=user)
+
     @app.get("/ready", response_model=Status, responses=_errors(503))
     async def ready() -> Status:
         """Readiness: fails while draining, or while the runtime or the database is down."""
@@ -171,6 +180,7 @@ def create_app(service: Service) -> FastAPI:
     async def send(conversation_id: str, body: MessageIn, user: User) -> EventSourceResponse:
         """Send a message; the reply streams back as it is written."""
         await service.check_owner(user, conversation_id)
+        await service.check_store()
         service.begin(user)
         return _stream(service.send(user, conversation_id, body.text))
 
@@ -253,6 +263,8 @@ def _handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.url.path!r}"
+        if exc.status_code == 400 and "parsing the body" in message:
+            return _json(422, "malformed", "the body is not valid JSON in UTF-8")
         if exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path!r}"
         return _json(exc.status_code, code, message, **headers)

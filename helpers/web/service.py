@@ -21,7 +21,6 @@ from copilot import CopilotClient
 from copilot.session import CopilotSession
 
 from helpers.errors import Draining, RuntimeDown, StoreDown, TooManyTurns
-from helpers.events import parse_events
 from helpers.model.backends import Backend, choose_backend
 from helpers.runtime import transport
 from helpers.runtime.server import RuntimeServer, attach_server, start_server
@@ -217,6 +216,16 @@ class Service:
         """Turns running now (of ``user``, or of everyone)."""
         return self._running.get(user, 0) if user else sum(self._running.values())
 
+    async def check_store(self) -> None:
+        """``StoreDown`` unless the database answers (a turn would not be stored)."""
+        try:
+            await asyncio.wait_for(self.store.execute("SELECT 1"), 2.0)
+        except Exception as exc:
+            raise StoreDown(
+                f"the database ({self.store.describe()}) did not answer ({type(exc).__name__}): "
+                "try again in a moment"
+            ) from None
+
     async def check_owner(self, user: str, conversation: str) -> None:
         """``NotYourSession`` unless ``user`` owns ``conversation`` (same for unknown ids)."""
         await asyncio.to_thread(self.registry.check_owner, user, conversation)
@@ -380,4 +389,4 @@ def messages_of(events: list[dict[str, Any]]) -> list[dict[str, str]]:
     ]
 
 
-__all__ = ["Service", "Settings", "messages_of", "parse_events"]
+__all__ = ["Service", "Settings", "messages_of"]

@@ -169,7 +169,13 @@ class Turn:
                 for waiting in waits:
                     waiting.cancel()
             if ended.is_set():
-                if errors:
+                if errors and "persist session events" in errors[-1]:
+                    self.fail(
+                        "store_down",
+                        "the database did not take this turn's events, so the turn is not done "
+                        f"(the runtime said: {errors[-1]})",
+                    )
+                elif errors:
                     self.fail("model_error", f"the turn failed in the runtime: {errors[-1]}")
                 elif not texts:
                     self.fail("no_reply", "the turn ended without a reply from the model")
