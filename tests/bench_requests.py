@@ -25,19 +25,19 @@ import matplotlib
 matplotlib.use("Agg")
 
 from copilot import CopilotClient  # noqa: E402
+from support import TIMEOUT  # noqa: E402
 
-from helpers import transport  # noqa: E402
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table, text_of  # noqa: E402
 from helpers.notebook.timing import Result, measure, plot, ratio  # noqa: E402
 from helpers.run import TMP, remove_dir  # noqa: E402
+from helpers.runtime import transport  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
 from helpers.serving.pool import SessionPool  # noqa: E402
 from helpers.tools.file_tools import ALLOWLIST, file_tools  # noqa: E402
 from helpers.tools.routed_tools import routed_file_tools  # noqa: E402
 from helpers.tools.vfs import VirtualFS  # noqa: E402
 
-TIMEOUT = 60
 NAIVE, NODELAY, PREPARED = "naive (default transport)", "naive + TCP_NODELAY", "prepared-ahead"
 QUICKACK = "naive + TCP_NODELAY + TCP_QUICKACK"
 
@@ -59,7 +59,7 @@ async def long_lived_turn_ms(client: CopilotClient, kwargs: dict, turns: int) ->
 async def main(requests: int, levels: list[int], prompt: str) -> None:
     backend = choose_backend("local", env={})
     home = remove_dir(TMP / "bench-home")
-    server = start_server(backend.server_env, home=home, remove_env=backend.server_remove_env)
+    server = start_server(backend, home=home)
     kwargs = backend.session_kwargs()
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
     print(f"runtime started in {server.startup_seconds:.2f} s; prompt: {prompt!r}")

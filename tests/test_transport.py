@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from copilot import CopilotClient
 
 from helpers.runtime import transport
+
+pytestmark = pytest.mark.runtime
 
 
 async def test_clients_get_nodelay_and_it_can_be_switched_off(server) -> None:
