@@ -104,3 +104,7 @@ class RuntimeDown(TutorialError, RuntimeError):
 
 class StoreDown(TutorialError, RuntimeError):
     """The service's database did not answer; a turn it could not store is not reported done."""
+
+
+class NotStored(TutorialError, RuntimeError):
+    """A turn ended, but its events are not where they should be in the store: not done."""

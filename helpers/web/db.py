@@ -31,7 +31,12 @@ class AsyncSqliteStore(SessionStore):
 
     async def connect(self) -> AsyncSqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        db = aiosqlite.connect(self.path, isolation_level=None)
+        # aiosqlite's worker thread is not a daemon, and Python waits for such threads *before*
+        # it runs the exit hooks that would close the store: a kernel that ends without closing
+        # it would hang. As a daemon it ends with the process; ``close_now`` stops it sooner.
+        db._thread.daemon = True
+        self._db = await db
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
             await self._db.execute(f"PRAGMA {pragma}")
         return self
@@ -47,6 +52,12 @@ class AsyncSqliteStore(SessionStore):
         db, self._db = self._db, None
         if db is not None:
             await db.close()
+
+    def close_now(self) -> None:
+        """Stop the worker thread without awaiting (for clean-up hooks at exit)."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.stop()
 
     def describe(self) -> str:
         return f"SQLite file {relative(self.path)}"

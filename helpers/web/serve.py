@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from helpers.web.app import create_app
+from helpers.web.auth import TokenBook
 from helpers.web.service import Service, Settings
 
 START_TIMEOUT_S = 10.0
@@ -83,9 +84,20 @@ class WebServer:
         self._socket.close()
         return left
 
+    def stop_now(self) -> None:
+        """Stop at once, without awaiting (for ``at_kernel_exit``): the runtime, the model, the
+        files; the HTTP task ends on its own at the loop's next turn."""
+        self._server.should_exit = True
+        self.service.stop_now()
+        self._socket.close()
+
 
 async def start_web(
-    folder: Path, settings: Settings | None = None, host: str = "127.0.0.1", port: int = 0
+    folder: Path,
+    settings: Settings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tokens: TokenBook | None = None,
 ) -> WebServer:
     """Start the service (runtime, store, pool) and serve it over HTTP.
 
@@ -94,11 +106,12 @@ async def start_web(
         settings: Limits and behaviour; ``Settings()`` by default.
         host: The interface to listen on (loopback by default).
         port: The port; 0 picks a free one.
+        tokens: The sign-in tokens to keep (after a restart); a new, empty book by default.
 
     Returns:
         The running server; ``server.url``, ``server.service``, ``await server.stop()``.
     """
-    service = await Service(folder, settings).start()
+    service = await Service(folder, settings, tokens).start()
     try:
         return await WebServer(service, host, port).start()
     except BaseException:

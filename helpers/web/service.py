@@ -20,7 +20,7 @@ from typing import Any
 from copilot import CopilotClient
 from copilot.session import CopilotSession
 
-from helpers.errors import Draining, RuntimeDown, StoreDown, TooManyTurns
+from helpers.errors import Draining, NotStored, RuntimeDown, StoreDown, TooManyTurns
 from helpers.model.backends import Backend, choose_backend
 from helpers.runtime import transport
 from helpers.runtime.server import RuntimeServer, attach_server, start_server
@@ -61,15 +61,18 @@ class Settings:
     abort_abandoned: bool = True
     lock_turns: bool = True
     restart_runtime: bool = True
+    schema: str = "web"  # PostgreSQL only: the schema of this service's tables
 
 
 class Service:
     """One runtime and its clients, the store, the registry, tokens, locks, pool and drain."""
 
-    def __init__(self, folder: Path, settings: Settings | None = None) -> None:
+    def __init__(
+        self, folder: Path, settings: Settings | None = None, tokens: TokenBook | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.settings = settings or Settings()
-        self.tokens = TokenBook()
+        self.tokens = tokens or TokenBook()
         self.locks = SessionLocks()
         self.gate = Drain()
         self.files: dict[str, VirtualFS] = {}
@@ -97,13 +100,9 @@ class Service:
             self.server = attach_server(self.settings.cli_url)
         else:
             self.server = await asyncio.to_thread(
-                start_server,
-                self.backend.server_env,
-                home=self.folder / "runtime",
-                remove_env=self.backend.server_remove_env,
-                secret_values=self.backend.secret_values,
+                start_server, self.backend, home=self.folder / "runtime"
             )
-        self.store = await open_web_store(self.folder, schema=f"web_{secrets.token_hex(4)}")
+        self.store = await open_web_store(self.folder, schema=self.settings.schema)
         self.registry = SessionRegistry(self.folder / "registry.sqlite")
         await self._connect()
         self._supervisor = asyncio.ensure_future(self._supervise())
@@ -191,6 +190,21 @@ class Service:
         with contextlib.suppress(Exception):
             self.registry.close()
         self.backend.close()
+
+    def stop_now(self) -> None:
+        """Stop the runtime and the model, close the files, without awaiting (for exit hooks)."""
+        self.gate.accepting = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        with contextlib.suppress(AttributeError):
+            self.server.stop()
+        close_now = getattr(getattr(self, "store", None), "close_now", None)
+        if close_now is not None:
+            close_now()
+        with contextlib.suppress(Exception):
+            self.registry.close()
+        with contextlib.suppress(AttributeError):
+            self.backend.close()
 
     # --- what every request checks first ---------------------------------------------------
 
@@ -331,7 +345,10 @@ class Service:
             e.get("type") == "assistant.message" for e in events[last + 1 :]
         )
         if last is None or events[last]["data"].get("content") != text or not replied:
-            raise StoreDown("this turn's events are not in the database: not reported done")
+            raise NotStored(
+                "this turn's message and reply are not the last in the conversation's stored "
+                "events (another turn ran at the same time?): not reported done"
+            )
 
     # --- short-lived asks over the user's files -----------------------------------------
 

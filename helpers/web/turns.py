@@ -17,7 +17,7 @@ from typing import Any
 
 from copilot.session import CopilotSession
 
-from helpers.errors import Draining, LeaseBusy, RuntimeDown, RuntimeGone, StoreDown
+from helpers.errors import Draining, LeaseBusy, NotStored, RuntimeDown, RuntimeGone, StoreDown
 
 ABORT_WAIT_S = 10.0
 
@@ -33,6 +33,8 @@ def error_code(exc: BaseException) -> str:
         return "store_down"
     if isinstance(exc, RuntimeGone | RuntimeDown | ConnectionError):
         return "runtime_down"
+    if isinstance(exc, NotStored):
+        return "not_stored"
     if isinstance(exc, Draining):
         return "draining"
     if isinstance(exc, LeaseBusy):
@@ -191,14 +193,19 @@ class Turn:
                     await asyncio.wait_for(ended.wait(), self.timeout_s)
                 self.fail("abandoned", "the caller went away; the turn ran on to its end")
                 return
-            await session.abort()
-            self.result.aborted = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), ABORT_WAIT_S)
+            try:
+                await session.abort()
+                self.result.aborted = True
+            except Exception as exc:  # the session was replaced or closed under us
+                self.result.events.append(f"abort failed: {type(exc).__name__}")
+            if self.result.aborted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), ABORT_WAIT_S)
             if self._abandoned.is_set():
                 self.fail("abandoned", "the caller went away; the turn was aborted")
             else:
-                self.fail("timeout", f"no reply within {self.timeout_s:g} s; the turn was aborted")
+                done = "the turn was aborted" if self.result.aborted else "the abort failed"
+                self.fail("timeout", f"no reply within {self.timeout_s:g} s; {done}")
         finally:
             unsubscribe()
 
