@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import statistics
 import time
 from dataclasses import dataclass, field
 
