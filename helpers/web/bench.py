@@ -114,7 +114,7 @@ async def measure(service: Service, url: str, mode: str, users: int, turns: int 
     """``users`` users at once, ``turns`` turns each, in ``mode`` (``HTTP`` or ``in-process``)."""
     tag = secrets.token_hex(2)
     names = [f"b{tag}{n}" for n in range(users)]
-    codes = {name: f"CODE-{tag}-{n}" for n, name in enumerate(names)}
+    codes = {name: f"CODE-{tag}-{n:03d}" for n, name in enumerate(names)}  # none a prefix
     tokens = {name: service.tokens.issue(name) for name in names}
     conversations = {name: await service.create_conversation(name) for name in names}
     point = Point(mode, users)

@@ -31,7 +31,7 @@ from helpers.serving.pool import SessionPool
 from helpers.serving.registry import SessionRegistry
 from helpers.serving.sweep import sweep
 from helpers.store.base import SessionStore
-from helpers.store.lease import held
+from helpers.store.lease import Lease, held
 from helpers.store.session_fs import SESSION_FS, store_fs, stored_events
 from helpers.tools.file_tools import ALLOWLIST
 from helpers.tools.routed_tools import routed_file_tools
@@ -40,6 +40,7 @@ from helpers.web.auth import TokenBook
 from helpers.web.db import forget_session_rows, open_web_store
 from helpers.web.turns import Turn
 
+STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
 POOL_USER = "pool"  # the store's user of prepared-ahead sessions (their rows go with them)
 
 
@@ -52,7 +53,7 @@ class Settings:
     turn_timeout_s: float = 120.0
     turns_per_user: int = 2
     pool_size: int = 2
-    lease_ttl_s: float = 180.0
+    lease_ttl_s: float = 30.0  # renewed every third of it while a turn runs
     max_message_chars: int = 16_000
     max_body_bytes: int = 64 * 1024
     drain_timeout_s: float = 60.0
@@ -80,6 +81,7 @@ class Service:
         self.holder = f"web-{os.getpid()}-{secrets.token_hex(3)}"
         self.restarts = 0
         self._running: dict[str, int] = {}
+        self._turns: set[Turn] = set()
         self._tools = routed_file_tools(self._fs_of_session)
         self.backend: Backend
         self.server: RuntimeServer
@@ -175,11 +177,22 @@ class Service:
         return await self.gate.drain(timeout or self.settings.drain_timeout_s, self.close)
 
     async def close(self) -> None:
-        """Stop everything this service started (safe to call twice)."""
+        """Stop everything this service started (safe to call twice).
+
+        Turns still running are aborted first, so that each gives back its lock and lease while
+        the runtime and the store are still there: a stop that does not wait cuts them, but
+        leaves nothing held for the next process.
+        """
         self.gate.accepting = False
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
+        for turn in list(self._turns):
+            turn.stop("the service is stopping")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_TURNS_S):
+                while self._turns:
+                    await asyncio.sleep(0.02)
         with contextlib.suppress(Exception):
             await self.pool.close(timeout=10)
         with contextlib.suppress(Exception):
@@ -294,25 +307,40 @@ class Service:
                     self.holder,
                     ttl_s=self.settings.lease_ttl_s,
                     wait_s=self.settings.turn_timeout_s,
-                ):
-                    session = await self._open(user, conversation)
+                ) as lease:
+                    renewing = asyncio.ensure_future(self._renew(lease))
                     try:
-                        yield session
+                        session = await self._open(user, conversation)
+                        try:
+                            yield session
+                        finally:
+                            with contextlib.suppress(Exception):
+                                await session.disconnect()
                     finally:
-                        with contextlib.suppress(Exception):
-                            await session.disconnect()
+                        renewing.cancel()
 
         async def stored(result: Any) -> None:
             await self._check_stored(conversation, text)
 
-        return Turn(
-            text,
-            opened,
-            self.settings.turn_timeout_s,
-            self.settings.abort_abandoned,
-            after=stored,
-            finished=lambda: self._end(user),
+        return self._track(
+            Turn(
+                text,
+                opened,
+                self.settings.turn_timeout_s,
+                self.settings.abort_abandoned,
+                after=stored,
+                finished=lambda: self._end(user),
+            )
         )
+
+    async def _renew(self, lease: Lease) -> None:
+        """Keep the lease while the turn runs; a crashed holder's lease lapses in ``ttl_s``."""
+        while True:
+            await asyncio.sleep(lease.ttl_s / 3)
+            try:
+                await lease.renew()
+            except Exception:  # lost it, or the store is down: ``held`` says so at the end
+                return
 
     def _turn_lock(self, conversation: str) -> contextlib.AbstractAsyncContextManager[None]:
         if not self.settings.lock_turns:
@@ -387,13 +415,20 @@ class Service:
             async with self.gate.request(), self.pool.request(user) as session:
                 yield session
 
-        return Turn(
-            text,
-            opened,
-            self.settings.turn_timeout_s,
-            self.settings.abort_abandoned,
-            finished=lambda: self._end(user),
+        return self._track(
+            Turn(
+                text,
+                opened,
+                self.settings.turn_timeout_s,
+                self.settings.abort_abandoned,
+                finished=lambda: self._end(user),
+            )
         )
+
+    def _track(self, turn: Turn) -> Turn:
+        self._turns.add(turn)
+        turn.task.add_done_callback(lambda _: self._turns.discard(turn))
+        return turn
 
 
 def messages_of(events: list[dict[str, Any]]) -> list[dict[str, str]]:

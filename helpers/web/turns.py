@@ -77,6 +77,7 @@ class Turn:
         self._opener, self._after, self._finished = opener, after, finished
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._abandoned = asyncio.Event()
+        self._stop_reason = ""
         self._start = time.perf_counter()
         self.task = asyncio.ensure_future(self._run())
 
@@ -87,6 +88,11 @@ class Turn:
     def abandon(self) -> None:
         """Nobody reads this turn any more: abort it (if ``abort_abandoned``) and let go."""
         self.result.abandoned = True
+        self._abandoned.set()
+
+    def stop(self, reason: str) -> None:
+        """The service is stopping: abort the turn now and tell the reader ``reason``."""
+        self._stop_reason = reason
         self._abandoned.set()
 
     async def events(self) -> AsyncIterator[Event]:
@@ -187,7 +193,7 @@ class Turn:
             if gone := getattr(session, "_runtime_gone", None):
                 self.fail("runtime_down", gone)
                 return
-            if self._abandoned.is_set() and not self.abort_abandoned:
+            if self._abandoned.is_set() and not self.abort_abandoned and not self._stop_reason:
                 # The rule switched off: nobody listens, yet the turn runs on to its end.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), self.timeout_s)
@@ -201,7 +207,9 @@ class Turn:
             if self.result.aborted:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), ABORT_WAIT_S)
-            if self._abandoned.is_set():
+            if self._stop_reason:
+                self.fail("stopped", f"{self._stop_reason}: the turn was aborted")
+            elif self._abandoned.is_set():
                 self.fail("abandoned", "the caller went away; the turn was aborted")
             else:
                 done = "the turn was aborted" if self.result.aborted else "the abort failed"
