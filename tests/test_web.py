@@ -396,3 +396,28 @@ async def _drain_and_probe(web: ServiceThread, token: str, cid: str) -> dict:
         )
         ready = await http.get("/ready")
     return {"left": await drained, "send": send.status_code, "ready": ready.status_code}
+
+
+def test_a_stop_without_drain_cuts_the_turn_but_leaves_no_lease_behind() -> None:
+    import sqlite3
+
+    web = ServiceThread(Settings(turn_timeout_s=30))
+    try:
+        token = web.service.tokens.issue("A")
+        with httpx.Client(base_url=web.url, timeout=60) as http:
+            cid = new_conversation(http, token)
+            seen: list = []
+            thread = threading.Thread(target=lambda: seen.extend(say(http, token, cid, SLOW)))
+            thread.start()
+            while web.service.running("A") == 0:
+                time.sleep(0.02)
+            time.sleep(0.3)
+            left = web.call(web.web.stop(drain=False), 60)
+            thread.join(30)
+        assert left == 1 and final(seen) == ("error", final(seen)[1])
+        assert final(seen)[1]["error"] == "stopped", seen[-1:]
+        with sqlite3.connect(web.folder / "sessions.db") as db:
+            leases = db.execute("SELECT session_id FROM session_leases").fetchall()
+        assert leases == [], "the next process finds the conversation free"
+    finally:
+        web.stop()
