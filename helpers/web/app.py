@@ -108,7 +108,22 @@ SSE_DOC = {
     200: {
         "description": "Server-Sent Events: `delta` (text as it arrives), then `message` (the "
         "whole reply) or `error` (what went wrong)",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["delta", "message", "error"]},
+                        "data": {
+                            "type": "string",
+                            "description": 'JSON: {"text": ...} for delta and message, '
+                            '{"error": code, "message": ...} for error',
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 TURN_ERRORS = _errors(401, 404, 413, 422, 429, 503)
@@ -187,7 +202,7 @@ def create_app(service: Service) -> FastAPI:
     @app.get(
         "/conversations/{conversation_id}/messages",
         response_model=History,
-        responses=_errors(401, 404, 503),
+        responses=_errors(401, 404, 422, 503),
     )
     async def history(conversation_id: str, user: User) -> History:
         """The conversation so far, read from the session's own events."""
@@ -195,7 +210,9 @@ def create_app(service: Service) -> FastAPI:
         return History(id=conversation_id, messages=[ChatMessage(**m) for m in messages])
 
     @app.delete(
-        "/conversations/{conversation_id}", status_code=204, responses=_errors(401, 404, 503)
+        "/conversations/{conversation_id}",
+        status_code=204,
+        responses=_errors(401, 404, 422, 503),
     )
     async def delete(conversation_id: str, user: User) -> Response:
         """Delete the conversation for good."""
