@@ -421,3 +421,25 @@ def test_a_stop_without_drain_cuts_the_turn_but_leaves_no_lease_behind() -> None
         assert leases == [], "the next process finds the conversation free"
     finally:
         web.stop()
+
+
+def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
+    web, tokens, http
+) -> None:
+    cid = new_conversation(http, tokens["A"])
+    say(http, tokens["A"], cid, f"Remember: the codename is {CODENAME}.")
+    assert web.call(web.service.store.rows(session_id=cid)), "stored while it exists"
+    assert http.delete(f"/conversations/{cid}", headers=auth(tokens["A"])).status_code == 204
+    for response in (
+        http.post(f"/conversations/{cid}/messages", json={"text": "hi"}, headers=auth(tokens["A"])),
+        http.get(f"/conversations/{cid}/messages", headers=auth(tokens["A"])),
+        http.delete(f"/conversations/{cid}", headers=auth(tokens["A"])),
+    ):
+        assert response.status_code == 404 and response.json()["error"] == "not_found"
+    assert web.call(web.service.store.rows(session_id=cid)) == [], "no stored row is left"
+    assert cid not in web.service.registry.sessions_of("A") and cid not in web.runtime_sessions()
+    before = web.service.files_of("A").snapshot()
+    for path in ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname"):
+        refused = http.put(f"/files/{path}", json={"content": "x"}, headers=auth(tokens["A"]))
+        assert refused.status_code == 422 and refused.json()["error"] == "bad_file", refused.text
+    assert web.service.files_of("A").snapshot() == before, "a refused write changes nothing"

@@ -89,6 +89,14 @@ class WebServer:
         files; the HTTP task ends on its own at the loop's next turn."""
         self._server.should_exit = True
         self.service.stop_now()
+        if self._task is None or self._task.done():
+            self._socket.close()
+        else:  # uvicorn still closes its connections on that socket: close it once it is done
+            self._task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed shutdown is not reported as "never retrieved"
         self._socket.close()
 
 
