@@ -29,7 +29,7 @@ from support import TIMEOUT  # noqa: E402
 
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table, text_of  # noqa: E402
-from helpers.notebook.timing import Result, measure, plot, ratio  # noqa: E402
+from helpers.notebook.request_timing import Result, measure_requests, plot, ratio  # noqa: E402
 from helpers.run import TMP, remove_dir  # noqa: E402
 from helpers.runtime import transport  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
@@ -114,12 +114,16 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
         results: list[Result] = []
         for level in levels:
             count = max(requests, 2 * level)
-            results.append(await measure(NAIVE, lambda i: naive(plain, i), level, count))
-            results.append(await measure(NODELAY, lambda i: naive(fast, i), level, count))
-            results.append(await measure(QUICKACK, lambda i: naive(quick, i), level, count))
+            results.append(await measure_requests(NAIVE, lambda i: naive(plain, i), level, count))
+            results.append(await measure_requests(NODELAY, lambda i: naive(fast, i), level, count))
+            results.append(
+                await measure_requests(QUICKACK, lambda i: naive(quick, i), level, count)
+            )
             pool.size = level
             await pool.fill()
-            results.append(await measure(PREPARED, prepared, level, count, pool.deleted_all))
+            results.append(
+                await measure_requests(PREPARED, prepared, level, count, pool.deleted_all)
+            )
         await pool.close()
         assert pool.deleted == pool.created and not pool.errors, pool.errors
 
