@@ -46,7 +46,7 @@ async def bench(rounds: int, database_url: str) -> list[dict[str, object]]:
         async with CopilotClient(mode="empty", connection=connection, session_fs=SESSION_FS) as c:
             for label, store in stores.items():
                 calls: Counter[str] = Counter()
-                opts = dict(create_session_fs_handler=store_fs(store, "bench", calls), **options)
+                opts = dict(create_session_fs_handler=store_fs(store, calls), **options)
                 results[label] = await measure_session_costs(
                     c, f"b-{label}", opts, rounds, TIMEOUT, calls
                 )

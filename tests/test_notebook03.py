@@ -50,3 +50,7 @@ def test_notebook_03_with_solutions_and_other_parameters() -> None:
     assert pool, "exercise 3 printed no pool figures"
     served, created, deleted = map(int, pool.groups())
     assert served == 8 and created == deleted, "exercise 3: every pooled session is deleted"
+    assert "each of the 8 files is in its own user's filesystem" in said, "exercise 3's files"
+    assert "and a_id: " in said, "exercise 1: B cannot delete A's session"
+    assert "gave up after" in said and "the turn went on" in said, "the slow tool outlived the wait"
+    assert "a request was in flight when the drain began: True" in said, "the drain waited"

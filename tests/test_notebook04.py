@@ -32,7 +32,6 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
             source=with_solutions(NB04),
             tag="sqlite-",
             CODENAME="zephyr_42-X",
-            SESSION_A="alice-session-x",
             USERS=3,
             TURNS=2,
             ROUTING="hash",
@@ -40,7 +39,11 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
         )
     text = outputs_text(nb)
     assert "SQLite file tmp/runs/04-" in text and "AURORA-7" not in text
-    assert "alice-session-x" in text and "6 turns in" in text
+    assert "User A's session: user-a-" in text and "6 turns in" in text
+    assert "u2-session now holds: ['Remember: the pin is 4711.', 'What is the pin?']" in text
+    assert "8 trials, mallory 0 to 28 ms after u2: 0 leaks" in text, "the fix, proved"
+    assert "'forks': 0, 'lost': 0, 'doubled': 0, 'timeouts': 0, 'failed': 0" in text
+    assert "first request: TimeoutError" in text
     said = printed(nb)
     order = ast.literal_eval(line_after(said, "served in this order:"))
     assert sorted(order) == ["runtime-1", "runtime-2"], "exercise 1: both runtimes took a turn"

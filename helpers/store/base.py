@@ -1,4 +1,5 @@
-"""The session store's interface: session files as rows, and leases, over one SQL dialect."""
+"""The session store's interface over one SQL dialect: who owns each session (one row per
+session, made by the application before any turn), the session's files as rows, and leases."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from helpers.errors import NotYourSession
+from helpers.serving.registry import SESSIONS_TABLE, new_session_id, refusal
 
 TABLES = (
+    SESSIONS_TABLE,
     """CREATE TABLE IF NOT EXISTS session_files (
         session_id TEXT NOT NULL,
         path TEXT NOT NULL,
@@ -17,7 +19,6 @@ TABLES = (
         kind TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         modified_at DOUBLE PRECISION NOT NULL,
-        user_id TEXT NOT NULL,
         PRIMARY KEY (session_id, path))""",
     """CREATE TABLE IF NOT EXISTS session_leases (
         session_id TEXT PRIMARY KEY,
@@ -36,10 +37,9 @@ class Row:
     kind: str
     created_at: float
     modified_at: float
-    user_id: str
 
 
-_COLUMNS = "session_id, path, content, kind, created_at, modified_at, user_id"
+_COLUMNS = "session_id, path, content, kind, created_at, modified_at"
 
 
 class SessionStore(abc.ABC):
@@ -72,25 +72,25 @@ class SessionStore(abc.ABC):
         )
         return Row(*rows[0]) if rows else None
 
-    async def write(self, session_id: str, user: str, path: str, content: str, kind: str) -> None:
+    async def write(self, session_id: str, path: str, content: str, kind: str) -> None:
         """Create or replace ``path`` (a ``file`` or a ``directory``)."""
         now = time.time()
         await self.execute(
-            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (session_id, path) DO UPDATE SET content = excluded.content, "
             "kind = excluded.kind, modified_at = excluded.modified_at",
-            (session_id, path, content, kind, now, now, user),
+            (session_id, path, content, kind, now, now),
         )
 
-    async def append(self, session_id: str, user: str, path: str, content: str) -> None:
+    async def append(self, session_id: str, path: str, content: str) -> None:
         """Append to a file in one statement (created when missing)."""
         now = time.time()
         await self.execute(
-            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, 'file', ?, ?, ?) "
+            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, 'file', ?, ?) "
             "ON CONFLICT (session_id, path) DO UPDATE SET "
             "content = session_files.content || excluded.content, "
             "modified_at = excluded.modified_at",
-            (session_id, path, content, now, now, user),
+            (session_id, path, content, now, now),
         )
 
     async def under(self, session_id: str, folder: str) -> list[Row]:
@@ -140,24 +140,52 @@ class SessionStore(abc.ABC):
             (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
         )
 
+    # Ownership: one row per session in ``sessions``, written before the session's first turn.
+
+    async def new_id(self, user: str) -> str:
+        """Make an unguessable id for a new session of ``user`` and record the owner, atomically.
+
+        The row exists before the runtime hears of the id, so no turn can run on an id that has no
+        owner, and nobody can claim an id by sending to it first.
+        """
+        session_id = new_session_id(user)
+        await self.execute(
+            "INSERT INTO sessions (session_id, owner, created) VALUES (?, ?, ?)",
+            (session_id, user, time.time()),
+        )
+        return session_id
+
     async def owner(self, session_id: str) -> str | None:
-        """The user whose rows hold this session, or ``None`` for an unknown id."""
+        """The user who owns ``session_id``, or ``None`` when the application never made it."""
         rows, _ = await self.execute(
-            "SELECT user_id FROM session_files WHERE session_id = ? LIMIT 1", (session_id,)
+            "SELECT owner FROM sessions WHERE session_id = ?", (session_id,)
         )
         return rows[0][0] if rows else None
 
     async def check_owner(self, user: str, session_id: str) -> None:
-        """Raise ``NotYourSession`` when the session exists and belongs to someone else."""
-        owner = await self.owner(session_id)
-        if owner is not None and owner != user:
-            raise NotYourSession(f"session {session_id!r} is not a session of user {user!r}")
+        """Raise ``NotYourSession`` unless ``user`` owns ``session_id``.
+
+        An unknown id and another user's id get the same message, and nothing is written.
+        """
+        if await self.owner(session_id) != user:
+            raise refusal(user, session_id)
+
+    async def sessions_of(self, user: str) -> list[str]:
+        """The ids ``user`` owns, oldest first."""
+        rows, _ = await self.execute(
+            "SELECT session_id FROM sessions WHERE owner = ? ORDER BY created, session_id", (user,)
+        )
+        return [r[0] for r in rows]
+
+    async def started(self, session_id: str) -> bool:
+        """True once the runtime has written any file of the session (so: resume, not create)."""
+        return await self.has_under(session_id, "/")
 
     async def rows(self, user: str | None = None, session_id: str | None = None) -> list[Row]:
-        """All rows, or those of one user and/or one session."""
+        """All file rows, or those of one user's sessions and/or one session."""
         where, args = ["1 = 1"], []
         if user is not None:
-            where, args = [*where, "user_id = ?"], [*args, user]
+            where, args = [*where, f"session_id IN ({_OWNED})"], [*args, user]
         if session_id is not None:
             where, args = [*where, "session_id = ?"], [*args, session_id]
         rows, _ = await self.execute(
@@ -167,24 +195,44 @@ class SessionStore(abc.ABC):
         )
         return [Row(*r) for r in rows]
 
+    # Tables keyed by session id whose rows go with their session (leases first, then files).
+    PER_SESSION_TABLES: tuple[str, ...] = ("session_leases", "session_files")
+
     async def delete_user(self, user: str) -> int:
-        """Delete every row (and lease) of the user's sessions; return the file rows deleted."""
-        await self.execute(
-            "DELETE FROM session_leases WHERE session_id IN "
-            "(SELECT session_id FROM session_files WHERE user_id = ?)",
-            (user,),
+        """Delete the user's sessions with every row that belongs to them, in one transaction.
+
+        One ``DELETE`` per table keyed by session id, then the ownership rows; all or nothing.
+        Returns the number of sessions deleted.
+        """
+        counts = await self.transaction(
+            [
+                *(
+                    (f"DELETE FROM {table} WHERE session_id IN ({_OWNED})", (user,))
+                    for table in self.PER_SESSION_TABLES
+                ),
+                ("DELETE FROM sessions WHERE owner = ?", (user,)),
+            ]
         )
-        _, count = await self.execute("DELETE FROM session_files WHERE user_id = ?", (user,))
-        return count
+        return counts[-1]
+
+    @abc.abstractmethod
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Run ``statements`` in one transaction (all or none); return each one's changed rows."""
+
+    # Leases: one row per session naming the one request (a token) that may hold it open.
 
     async def try_lease(self, session_id: str, holder: str, ttl_s: float) -> bool:
-        """Take or renew the lease when it is free, expired or already ours; True if we hold it."""
+        """Take the lease for ``holder`` if it is free or expired, in one statement.
+
+        A lease that is held and unexpired is never taken, not even by the same holder: each
+        request brings its own token, so two requests can never both hold one session.
+        """
         now = time.time()
         _, changed = await self.execute(
             "INSERT INTO session_leases (session_id, holder, expires_at) VALUES (?, ?, ?) "
             "ON CONFLICT (session_id) DO UPDATE SET holder = excluded.holder, "
             "expires_at = excluded.expires_at "
-            "WHERE session_leases.expires_at < ? OR session_leases.holder = excluded.holder",
+            "WHERE session_leases.expires_at < ?",
             (session_id, holder, now + ttl_s, now),
         )
         return changed == 1
@@ -207,8 +255,11 @@ class SessionStore(abc.ABC):
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def drop_lease(self, session_id: str, holder: str) -> bool:
-        """Release the lease if ``holder`` holds it; True if it did."""
+        """Release the lease only if ``holder`` holds it; True if it did."""
         _, changed = await self.execute(
             "DELETE FROM session_leases WHERE session_id = ? AND holder = ?", (session_id, holder)
         )
         return changed == 1
+
+
+_OWNED = "SELECT session_id FROM sessions WHERE owner = ?"

@@ -45,6 +45,14 @@ class PostgresStore(SessionStore):
             rows = await cursor.fetchall() if cursor.description else []
             return rows, cursor.rowcount
 
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        async with self._lock, self._conn.transaction():
+            counts = []
+            for sql, args in statements:
+                cursor = await self._conn.execute(sql.replace("?", "%s"), args)
+                counts.append(cursor.rowcount)
+            return counts
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()

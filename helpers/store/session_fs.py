@@ -41,9 +41,9 @@ class StoreFs(SessionFsProvider):
     """One session's files, read and written as rows: ``(session id, path) -> content``."""
 
     def __init__(
-        self, store: SessionStore, session_id: str, user: str, calls: Counter[str] | None = None
+        self, store: SessionStore, session_id: str, calls: Counter[str] | None = None
     ) -> None:
-        self.store, self.session_id, self.user = store, session_id, user
+        self.store, self.session_id = store, session_id
         self.calls: Counter[str] = calls if calls is not None else Counter()
 
     def _count(self, name: str, path: str) -> str:
@@ -72,11 +72,11 @@ class StoreFs(SessionFsProvider):
 
     async def write_file(self, path: str, content: str, mode: int | None = None) -> None:
         path = self._count("write_file", path)
-        await self.store.write(self.session_id, self.user, path, content, "file")
+        await self.store.write(self.session_id, path, content, "file")
 
     async def append_file(self, path: str, content: str, mode: int | None = None) -> None:
         path = self._count("append_file", path)
-        await self.store.append(self.session_id, self.user, path, content)
+        await self.store.append(self.session_id, path, content)
 
     async def exists(self, path: str) -> bool:
         path = self._count("exists", path)
@@ -104,7 +104,7 @@ class StoreFs(SessionFsProvider):
         path = self._count("mkdir", path)
         row = None if path == "/" else await self._row(path)
         if not await self._is_dir(path, row):
-            await self.store.write(self.session_id, self.user, path, "", "directory")
+            await self.store.write(self.session_id, path, "", "directory")
 
     async def _entries(self, path: str) -> dict[str, str]:
         children = await self.store.under(self.session_id, path)
@@ -144,11 +144,13 @@ class StoreFs(SessionFsProvider):
         await self.store.move(self.session_id, src, dest)
 
 
-def store_fs(
-    store: SessionStore, user: str, calls: Counter[str] | None = None
-) -> Callable[[Any], StoreFs]:
-    """The ``create_session_fs_handler=`` factory: each session's files go to ``store``."""
-    return lambda session: StoreFs(store, session.session_id, user, calls)
+def store_fs(store: SessionStore, calls: Counter[str] | None = None) -> Callable[[Any], StoreFs]:
+    """The ``create_session_fs_handler=`` factory: each session's files go to ``store``.
+
+    Who owns the session is recorded once, in the store's ``sessions`` table, when the application
+    makes the id (``store.new_id``); the file rows carry only the session id.
+    """
+    return lambda session: StoreFs(store, session.session_id, calls)
 
 
 EVENTS = "/session-state/events.jsonl"

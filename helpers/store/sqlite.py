@@ -27,6 +27,17 @@ class SqliteStore(SessionStore):
         cursor = self._db.execute(sql, args)
         return cursor.fetchall(), cursor.rowcount
 
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        # No await inside: no other coroutine's statement can fall between BEGIN and COMMIT.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [self._db.execute(sql, args).rowcount for sql, args in statements]
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return counts
+
     async def close(self) -> None:
         self._db.close()
 
