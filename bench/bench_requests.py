@@ -1,16 +1,17 @@
-"""Benchmark: a short-lived request four ways on one shared runtime (prints figures only).
+"""Benchmark: the fastest short-lived request against the naive one, side by side on one runtime.
 
-Run: .venv/bin/python tests/bench_requests.py [--requests 40] [--levels 1 4 16] [--prompt TEXT]
+Run: .venv/bin/python bench/bench_requests.py [--requests 40] [--levels 1 16] [--prompt TEXT]
 
-naive: notebook 02's request (create with file tools, send, disconnect, delete) on the SDK's
-default transport; naive + TCP_NODELAY: the same on a client with TCP_NODELAY; the same with
-TCP_QUICKACK re-armed after each read as well (transport.enable_quickack); prepared-ahead
-(TCP_NODELAY): sessions created ahead into a pool as large as the concurrency, tools defined once
-and routed by session id, one request per session, disconnect+delete in the background (each
-measurement ends when the last background delete is done, so that work counts against throughput).
-Uses the local stand-in model, which answers at once: the figures are SDK + runtime cost. Also a
-long-lived turn on both transports. Writes the plot to tmp/bench-requests.png. The last two lines
-are for scripts.
+naive, SDK default transport: notebook 02's request (create with file tools, send, disconnect,
+delete) on a client with both TCP options off (``transport.tuning(False)``). naive, fixed
+transport: the same on a client with TCP_NODELAY and TCP_QUICKACK (the helpers' default). fastest:
+sessions prepared ahead on the fixed transport (``helpers/serving/pool.py``: tools defined once
+and routed by session id, one request per session, disconnect + delete in the background; each
+measurement ends when the last background delete is done, so that work counts against
+throughput). floor: one warm turn in a kept session on the fixed transport. Then where the naive
+request's time goes (create, turn, disconnect, delete) and the CPU per request of this process and
+of the runtime. Uses the local stand-in model, which answers at once: the figures are SDK +
+runtime. Writes the plot to tmp/bench-requests.png; the last three lines are for scripts.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 from copilot import CopilotClient  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from helpers import transport  # noqa: E402
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table, text_of  # noqa: E402
 from helpers.notebook.timing import Result, measure, plot, ratio  # noqa: E402
 from helpers.run import TMP, remove_dir  # noqa: E402
+from helpers.runtime import transport  # noqa: E402
+from helpers.runtime.cpu import CpuSpan  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
 from helpers.serving.pool import SessionPool  # noqa: E402
 from helpers.tools.file_tools import ALLOWLIST, file_tools  # noqa: E402
@@ -38,22 +41,8 @@ from helpers.tools.routed_tools import routed_file_tools  # noqa: E402
 from helpers.tools.vfs import VirtualFS  # noqa: E402
 
 TIMEOUT = 60
-NAIVE, NODELAY, PREPARED = "naive (default transport)", "naive + TCP_NODELAY", "prepared-ahead"
-QUICKACK = "naive + TCP_NODELAY + TCP_QUICKACK"
-
-
-async def long_lived_turn_ms(client: CopilotClient, kwargs: dict, turns: int) -> float:
-    """Median warm turn in one kept session."""
-    session = await client.create_session(available_tools=[], **kwargs)
-    await session.send_and_wait("Hello", timeout=TIMEOUT)
-    times = []
-    for _ in range(turns):
-        start = time.perf_counter()
-        await session.send_and_wait("Hello", timeout=TIMEOUT)
-        times.append((time.perf_counter() - start) * 1000)
-    await session.disconnect()
-    await client.delete_session(session.session_id)
-    return statistics.median(times)
+NAIVE, FIXED = "naive, SDK default transport", "naive, fixed transport"
+FASTEST, FLOOR = "fastest (prepared ahead, fixed)", "floor (warm turn, kept session)"
 
 
 async def main(requests: int, levels: list[int], prompt: str) -> None:
@@ -64,28 +53,38 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
     print(f"runtime started in {server.startup_seconds:.2f} s; prompt: {prompt!r}")
     try:
-        with transport.nodelay(False), transport.quickack(False):
+        with transport.tuning(False):
             plain = CopilotClient(mode="empty", connection=server.connection())
             await plain.start()
-        with transport.quickack(False):
-            fast = CopilotClient(mode="empty", connection=server.connection())
-            await fast.start()
-        transport.enable_quickack()
-        quick = CopilotClient(mode="empty", connection=server.connection())  # both options on
-        await quick.start()
-        assert not transport.has_nodelay(plain) and transport.has_nodelay(fast)
-        assert transport.has_quickack(quick) and not transport.has_quickack(fast)
+        fast = CopilotClient(mode="empty", connection=server.connection())
+        await fast.start()
+        assert not transport.has_nodelay(plain) and not transport.has_quickack(plain)
+        assert transport.has_nodelay(fast) and transport.has_quickack(fast)
+        print(f"default client: {transport.describe(plain)}")
+        print(f"fixed client:   {transport.describe(fast)}")
 
-        async def naive(client: CopilotClient, i: int) -> None:
+        async def naive(client: CopilotClient, i: int, phases: dict | None = None) -> None:
             fs = filesystems["AB"[i % 2]]
+            t0 = time.perf_counter()
             session = await client.create_session(
                 tools=file_tools(fs), available_tools=ALLOWLIST, **kwargs
             )
+            t1 = time.perf_counter()
             try:
                 text_of(await session.send_and_wait(prompt, timeout=TIMEOUT))
             finally:
+                t2 = time.perf_counter()
                 await session.disconnect()
+                t3 = time.perf_counter()
                 await client.delete_session(session.session_id)
+            if phases is not None:
+                for name, a, b in (
+                    ("create", t0, t1),
+                    ("turn", t1, t2),
+                    ("disconnect", t2, t3),
+                    ("delete", t3, time.perf_counter()),
+                ):
+                    phases.setdefault(name, []).append((b - a) * 1000)
 
         pool: SessionPool
         tools = routed_file_tools(lambda sid: filesystems.get(pool.user_of(sid) or ""))
@@ -99,36 +98,63 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
 
         pool = SessionPool(create, retire, size=levels[0])
 
-        async def prepared(i: int) -> None:
+        async def fastest(i: int) -> None:
             async with pool.request("AB"[i % 2]) as session:
                 text_of(await session.send_and_wait(prompt, timeout=TIMEOUT))
 
-        for warm in range(2):  # both clients and the pool path once, untimed
+        kept = await fast.create_session(tools=tools, available_tools=ALLOWLIST, **kwargs)
+
+        async def floor(i: int) -> None:
+            text_of(await kept.send_and_wait(prompt, timeout=TIMEOUT))
+
+        for warm in range(2):  # every path once, untimed
             await naive(plain, warm)
             await naive(fast, warm)
-            await naive(quick, warm)
+            await floor(warm)
         await pool.fill()
-        await prepared(0)
+        await fastest(0)
         await pool.deleted_all()
 
         results: list[Result] = []
-        for level in levels:
-            count = max(requests, 2 * level)
-            results.append(await measure(NAIVE, lambda i: naive(plain, i), level, count))
-            results.append(await measure(NODELAY, lambda i: naive(fast, i), level, count))
-            results.append(await measure(QUICKACK, lambda i: naive(quick, i), level, count))
-            pool.size = level
+        with tqdm(total=4 * len(levels), desc="requests", unit="point") as bar:
+            for level in levels:
+                count = max(requests, 2 * level)
+                for label, fn, after in (
+                    (NAIVE, lambda i: naive(plain, i), None),
+                    (FIXED, lambda i: naive(fast, i), None),
+                    (FASTEST, fastest, pool.deleted_all),
+                    (FLOOR, floor, None),
+                ):
+                    if label == FLOOR and level > 1:
+                        bar.update()
+                        continue  # one kept session serves one turn at a time
+                    if label == FASTEST:
+                        pool.size = level
+                        await pool.fill()
+                    results.append(await measure(label, fn, level, count, after))
+                    bar.update()
+
+        phases: dict[str, list[float]] = {}
+        cpu_rows = []
+        for label, fn, after in (
+            (FIXED, lambda i: naive(fast, i, phases), None),
+            (FASTEST, fastest, pool.deleted_all),
+        ):
+            pool.size = 1
             await pool.fill()
-            results.append(await measure(PREPARED, prepared, level, count, pool.deleted_all))
+            span = CpuSpan(server.pid).start()
+            for i in range(requests):
+                await fn(i)
+            if after:
+                await after()
+            per_request = span.stop().per_request_ms(requests)
+            cpu_rows.append({"request (one at a time)": label, **per_request})
         await pool.close()
         assert pool.deleted == pool.created and not pool.errors, pool.errors
-
-        turns = max(10, requests // 2)
-        slow_turn = await long_lived_turn_ms(plain, kwargs, turns)
-        quick_turn = await long_lived_turn_ms(fast, kwargs, turns)
+        await kept.disconnect()
+        await fast.delete_session(kept.session_id)
         await plain.stop()
         await fast.stop()
-        await quick.stop()
     finally:
         server.stop()
         backend.close()
@@ -136,32 +162,29 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
 
     print()
     table([r.row() for r in results])
+    print("\nwhere the naive request's time goes (fixed transport, medians):")
+    table([{"phase": k, "median ms": round(statistics.median(v), 1)} for k, v in phases.items()])
+    print("\nCPU per request (wall clock, this process, the runtime):")
+    table(cpu_rows)
     path = TMP / "bench-requests.png"
-    plot(results, path)
+    plot([r for r in results if r.label != FLOOR], path)
     print(f"\nplot: tmp/{path.name}")
-    print(
-        f"long-lived turn: {slow_turn:.0f} ms default transport, {quick_turn:.0f} ms TCP_NODELAY "
-        f"({quick_turn / slow_turn:.2f}x)"
-    )
     low, high = levels[0], levels[-1]
+    floor_ms = next(r.median for r in results if r.label == FLOOR)
+    print(f"floor: one warm turn in a kept session, fixed transport: {floor_ms:.0f} ms (median)")
+    median, p95 = (ratio(results, FASTEST, NAIVE, low, what) for what in ("median", "p95"))
+    print(f"median latency ratio (fastest / naive): {median:.2f}")
+    print(f"p95 latency ratio (fastest / naive): {p95:.2f}")
     print(
-        f"p95 latency ratio at {low} (prepared-ahead / naive): "
-        f"{ratio(results, PREPARED, NAIVE, low, 'p95'):.2f}"
-    )
-    print(
-        f"median latency ratio (prepared-ahead / naive): "
-        f"{ratio(results, PREPARED, NAIVE, low, 'median'):.2f}"
-    )
-    print(
-        f"throughput ratio at {high} (prepared-ahead / naive): "
-        f"{ratio(results, PREPARED, NAIVE, high, 'rps'):.2f}"
+        f"throughput ratio at {high} (fastest / naive, same transport): "
+        f"{ratio(results, FASTEST, FIXED, high, 'rps'):.2f}"
     )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40, help="requests per measurement")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--prompt", default="List my files.")
     args = parser.parse_args()
     asyncio.run(main(args.requests, sorted(args.levels), args.prompt))
