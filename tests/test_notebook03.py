@@ -19,29 +19,24 @@ def test_notebook_03_with_solutions_and_other_parameters() -> None:
             USERS_AT_ONCE=3,
             SLOW_TURN_S=1,
             ORPHAN_AGE_S=0.5,
-            SPEED_REQUESTS=2,
-            ISOLATION_REQUESTS=10,
         )
     text = outputs_text(nb)
     assert "ZEPHYR_42-X" in text and "AURORA-7" not in text
     assert "u3" in text and "u4 " not in text, "three users at once"
     assert "NotYourSession" in text and "refused" in text
-    assert "files: A 5, B 5" in text
-    assert "median latency ratio (prepared-ahead / naive)" in text
     assert "deleted user-b-" in text, "exercise 1's solution ran"
-    assert "served 8, created" in text, "exercise 3's solution ran"
 
 
 def test_notebook_03_bad_parameters_each_get_a_message() -> None:
     refused(
         NB03,
         "USERS_AT_ONCE = 1 is out of range",
-        "SPEED_REQUESTS = 'many' must be a number",
+        "SLOW_TURN_S = 'slow' must be a number",
         "ORPHAN_AGE_S = -1 is out of range",
         "CODENAME = 'x' is not allowed",
         "BACKEND = 'cloud' is not one of",
         USERS_AT_ONCE=1,
-        SPEED_REQUESTS="many",
+        SLOW_TURN_S="slow",
         ORPHAN_AGE_S=-1,
         CODENAME="x",
         BACKEND="cloud",
