@@ -48,7 +48,7 @@ FASTEST, FLOOR = "fastest (prepared ahead, fixed)", "floor (warm turn, kept sess
 async def main(requests: int, levels: list[int], prompt: str) -> None:
     backend = choose_backend("local", env={})
     home = remove_dir(TMP / "bench-home")
-    server = start_server(backend.server_env, home=home, remove_env=backend.server_remove_env)
+    server = start_server(backend, home=home)
     kwargs = backend.session_kwargs()
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
     print(f"runtime started in {server.startup_seconds:.2f} s; prompt: {prompt!r}")

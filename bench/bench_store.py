@@ -19,6 +19,7 @@ from copilot import CopilotClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway server
 from pg_server import find_bin_dir, start_postgres  # noqa: E402
+from support import TIMEOUT  # noqa: E402
 
 from helpers.model.backends import choose_backend
 from helpers.notebook.costs import measure
@@ -28,15 +29,12 @@ from helpers.runtime.server import start_server
 from helpers.store import open_store
 from helpers.store.session_fs import SESSION_FS, store_fs
 
-TIMEOUT = 60
-
 
 async def bench(rounds: int, database_url: str) -> list[dict[str, object]]:
     run = run_dir("bench-store")
     backend = choose_backend("local", env={})
-    env, remove = backend.server_env, backend.server_remove_env
-    plain = start_server(env, home=run / "plain", remove_env=remove)
-    with_fs = start_server(env, home=run / "with-fs", remove_env=remove)
+    plain = start_server(backend, home=run / "plain")
+    with_fs = start_server(backend, home=run / "with-fs")
     results: dict[str, dict[str, float]] = {}
     try:
         options = dict(available_tools=[], **backend.session_kwargs())

@@ -29,13 +29,17 @@ def remove_dir(path: Path) -> Path:
     return path
 
 
-def run_dir(name: str) -> Path:
+def run_dir(name: str, keep: bool = False) -> Path:
     """Create ``tmp/runs/<name>-<pid>-<random>/``, a folder only this run writes to.
+
+    Its clean-up is registered at once: when this process ends (a normal exit, SIGTERM, or a
+    headless run that failed part-way) the clean-ups given to :func:`at_kernel_exit` run, newest
+    first, then the folder is removed unless ``keep`` (a notebook's ``KEEP_STATE``).
 
     Two runs at once never share a folder. Earlier folders of the same name are removed first when
     their process is gone (a killed kernel) or is this one (Run All again in the same kernel); for
-    this one, the earlier run's clean-up registered with ``at_kernel_exit`` runs first, so its
-    runtime stops before its folder goes and nothing piles up.
+    this one, the earlier run's clean-up runs first, so its runtime stops before its folder goes
+    and nothing piles up.
     """
     writable_dir(RUNS)
     for old in RUNS.glob(f"{name}-*-*"):
@@ -47,16 +51,42 @@ def run_dir(name: str) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     folder = RUNS / f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
     writable_dir(folder)
-    _LATEST_RUN[:] = [folder]
+    _RUNS[folder] = _Run(folder, keep)
+    _install_exit_hooks()
     return folder
 
 
-_LATEST_RUN: list[Path] = []
+class _Run:
+    """One run folder's clean-up: the steps registered for it, newest first, then the folder."""
+
+    def __init__(self, folder: Path | None, keep: bool) -> None:
+        self.folder, self.keep = folder, keep
+        self.steps: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._done = False
+
+    def finish(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        for step in self.steps:
+            try:
+                step()
+            except Exception as exc:  # one failing step must not keep the rest from running
+                name = getattr(step, "__qualname__", repr(step))
+                print(f"clean-up: {name} failed ({type(exc).__name__}: {exc}); going on")
+        if self.folder is not None and not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_RUNS: dict[Path | None, _Run] = {}
 
 
 def latest_run() -> Path | None:
-    """The folder ``run_dir`` made last in this process, if any."""
-    return _LATEST_RUN[0] if _LATEST_RUN else None
+    """The folder ``run_dir`` made last in this process and not yet cleaned up, if any."""
+    folders = [folder for folder in _RUNS if folder is not None]
+    return folders[-1] if folders else None
 
 
 def process_alive(pid: int) -> bool:
@@ -100,22 +130,20 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-_BY_RUN: dict[Path, Callable[[], None]] = {}
+def finish_run(folder: Path | None) -> None:
+    """Clean up the run of ``folder`` now (its steps, then its folder unless kept); once only."""
+    run = _RUNS.pop(None if folder is None else Path(folder), None)
+    if run is not None:
+        run.finish()
 
 
-def finish_run(folder: Path) -> None:
-    """Run now the clean-up registered while ``folder`` was this process's latest run, if any."""
-    clean_up = _BY_RUN.pop(Path(folder), None)
-    if clean_up is not None:
-        clean_up()
+def at_kernel_exit(*clean_ups: Callable[[], None]) -> None:
+    """Call ``clean_ups``, in this order, once when this process ends: a normal exit, or SIGTERM.
 
-
-def at_kernel_exit(clean_up: Callable[[], None]) -> None:
-    """Call ``clean_up`` once when this process ends: a normal exit, or SIGTERM.
-
-    It also runs, earlier, when the same notebook starts a new run in this kernel (Run All again):
-    the clean-up belongs to the folder ``run_dir`` made last, and the next ``run_dir`` of that name
-    calls it before removing the folder, so one kernel never keeps two runs' runtimes.
+    They belong to the folder ``run_dir`` made last: they run before that folder is removed, and
+    before the clean-ups registered earlier for it (the newest resource goes first). They also run
+    earlier, when the same notebook starts a new run in this kernel (Run All again), or when the
+    notebook calls ``finish_run``: one kernel never keeps two runs' runtimes.
 
     A kernel asked to shut down normally exits and runs ``atexit`` hooks. When it is slow to go,
     Jupyter sends SIGTERM half-way through its shutdown wait (2.5 s by default), and Python's
@@ -123,28 +151,34 @@ def at_kernel_exit(clean_up: Callable[[], None]) -> None:
     ends as it would have. (SIGKILL cannot be caught: the runtime still dies with the kernel through
     its guard process, and the next run removes a dead run's folder.)
     """
-    lock = threading.Lock()
-    done = False
+    folder = latest_run()
+    run = _RUNS.setdefault(folder, _Run(folder, keep=True))
+    run.steps[:0] = clean_ups
+    _install_exit_hooks()
 
-    def once() -> None:
-        nonlocal done
-        with lock:
-            if done:
-                return
-            done = True
-        clean_up()
 
-    atexit.register(once)
-    run = latest_run()
-    if run is not None:
-        _BY_RUN[run] = once
-    if threading.current_thread() is not threading.main_thread():
+def _finish_all() -> None:
+    for folder in reversed(list(_RUNS)):
+        finish_run(folder)
+
+
+_HOOKS: set[str] = set()
+
+
+def _install_exit_hooks() -> None:
+    """Once per process: run every pending clean-up at exit, and on SIGTERM (from the main thread:
+    Python lets only the main thread set a signal handler)."""
+    if "atexit" not in _HOOKS:
+        _HOOKS.add("atexit")
+        atexit.register(_finish_all)
+    if "sigterm" in _HOOKS or threading.current_thread() is not threading.main_thread():
         return
+    _HOOKS.add("sigterm")
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: object) -> None:
         try:
-            once()
+            _finish_all()
         finally:
             if callable(previous):
                 previous(signum, frame)

@@ -6,7 +6,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support import free_port
 
 from helpers.run import TMP, writable_dir
 from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, log_tail, redact, stop_guard
@@ -44,12 +45,6 @@ def find_bin_dir() -> Path | None:
         if (folder / "initdb").is_file() and (folder / "postgres").is_file():
             return folder
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -127,7 +122,7 @@ def start_postgres(root: Path | None = None, timeout: float = START_TIMEOUT_S) -
     server._finalizer = weakref.finalize(server, _stop, None, root)
     try:
         _initdb(bin_dir, root, password, user)
-        port = _free_port()
+        port = free_port()
         guard = _launch(bin_dir, root, port, user)
         server._finalizer.detach()
         server._finalizer = weakref.finalize(server, _stop, guard, root)

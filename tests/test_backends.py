@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from support import free_port
 
 from helpers.errors import BackendError
 from helpers.model.backends import TOKEN_VARS, choose_backend
 from helpers.model.standin import StandInModel
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unknown_backend_names_the_choices() -> None:
@@ -65,7 +58,7 @@ def test_byok_rejects_unknown_provider_type() -> None:
 
 
 def test_byok_endpoint_down_is_a_clear_error() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(BackendError, match="not reachable"):
         choose_backend("byok", env={"COPILOT_PROVIDER_BASE_URL": url, "COPILOT_MODEL": "m"})
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from copilot import CopilotClient, RuntimeConnection
+from support import client_for
 
 from helpers import run as paths
 from helpers.errors import RuntimeGone, RuntimeUnreachable, TmpNotWritable
@@ -23,14 +23,9 @@ from helpers.runtime.server import attach_server, start_server
 pytestmark = pytest.mark.runtime
 
 
-def client_for(url: str, token: str | None) -> CopilotClient:
-    connection = RuntimeConnection.for_uri(url, connection_token=token)
-    return CopilotClient(mode="empty", connection=connection)
-
-
 async def kill_during_turn(local_backend: Backend, attached: bool) -> tuple[float, Exception]:
     """Start a runtime, begin a slow turn, SIGKILL the runtime; return (seconds to error, error)."""
-    server = start_server(local_backend.server_env, home=paths.TMP / "test-faults-home")
+    server = start_server(local_backend, home=paths.TMP / "test-faults-home")
     url, token = server.url, server.token
     if attached:  # the same runtime, but seen as one we did not start
         watchdog._LOGS.pop(url, None)
@@ -70,7 +65,7 @@ async def test_killed_attached_runtime_fails_the_turn_fast(local_backend: Backen
 
 
 async def test_requests_after_the_runtime_died_say_so(local_backend: Backend) -> None:
-    server = start_server(local_backend.server_env, home=paths.TMP / "test-faults-home")
+    server = start_server(local_backend, home=paths.TMP / "test-faults-home")
     client = client_for(server.url, server.token)
     try:
         await client.start()

@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import REPO_ROOT, our_runtime_processes
+from support import REPO_ROOT, free_port, our_runtime_processes
 
 from helpers.run import TMP, remove_dir
 
@@ -49,12 +48,6 @@ pytestmark = [
         reason="needs Debian's Chromium at /usr/bin/chromium: apt-get install chromium",
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Lab:

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from copilot import CopilotClient, RuntimeConnection
+from support import TIMEOUT, client_for
 
 from helpers.model.backends import choose_backend
 from helpers.model.standin import StandInModel
 from helpers.notebook.display import file_contains
 from helpers.run import TMP, remove_dir
-from helpers.runtime.server import RuntimeServer, start_server
+from helpers.runtime.server import start_server
 
 pytestmark = pytest.mark.runtime
-TIMEOUT = 60
-
-
-def client_for(server: RuntimeServer, token: str | None = "use-server") -> CopilotClient:
-    token = server.token if token == "use-server" else token
-    return CopilotClient(
-        mode="empty", connection=RuntimeConnection.for_uri(server.url, connection_token=token)
-    )
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def user_dirs():
 
 
 async def teach(server, folder, session_id, text, kwargs) -> str:
-    async with client_for(server) as client:
+    async with server.connect() as client:
         session = await client.create_session(
             session_id=session_id, config_directory=str(folder), **kwargs
         )
@@ -41,7 +33,7 @@ async def teach(server, folder, session_id, text, kwargs) -> str:
 
 
 async def ask(server, folder, session_id, text, kwargs) -> str:
-    async with client_for(server) as client:
+    async with server.connect() as client:
         session = await client.resume_session(session_id, config_directory=str(folder), **kwargs)
         reply = await session.send_and_wait(text, timeout=TIMEOUT)
         await session.disconnect()
@@ -70,7 +62,7 @@ async def test_users_are_isolated(server, local_backend, session_kwargs, user_di
 
 async def test_resume_needs_the_same_config_directory(server, session_kwargs, user_dirs):
     await teach(server, user_dirs["a"], "proj", "Remember: the codename is ELK-1.", session_kwargs)
-    async with client_for(server) as client:
+    async with server.connect() as client:
         with pytest.raises(Exception, match="Session not found"):
             await client.resume_session("proj", **session_kwargs)
         with pytest.raises(Exception, match="Session not found"):
@@ -80,7 +72,7 @@ async def test_resume_needs_the_same_config_directory(server, session_kwargs, us
 
 
 async def test_mode_empty_requires_available_tools(server, local_backend, user_dirs):
-    async with client_for(server) as client:
+    async with server.connect() as client:
         with pytest.raises(ValueError):
             await client.create_session(
                 config_directory=str(user_dirs["a"]), **local_backend.session_kwargs()
@@ -88,7 +80,7 @@ async def test_mode_empty_requires_available_tools(server, local_backend, user_d
 
 
 async def test_state_survives_a_runtime_restart(local_backend, session_kwargs, user_dirs):
-    server = start_server(local_backend.server_env, remove_env=local_backend.server_remove_env)
+    server = start_server(local_backend)
     try:
         await teach(
             server, user_dirs["a"], "proj", "Remember: the codename is FOX-2.", session_kwargs
@@ -106,7 +98,7 @@ async def test_state_survives_a_runtime_restart(local_backend, session_kwargs, u
 async def test_fresh_stand_in_between_turns_still_recalls(user_dirs):
     """The model keeps no memory: a brand-new model process answers from the session's history."""
     first = choose_backend("local", env={})
-    server = start_server(first.server_env, remove_env=first.server_remove_env)
+    server = start_server(first)
     try:
         kwargs = dict(available_tools=[], **first.session_kwargs())
         await teach(server, user_dirs["a"], "proj", "Remember: the codename is BEAR-4.", kwargs)
@@ -124,7 +116,7 @@ async def test_fresh_stand_in_between_turns_still_recalls(user_dirs):
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])
 async def test_connection_token_is_enforced(server, token):
-    client = client_for(server, token=token)
+    client = client_for(server.url, token)
     with pytest.raises(Exception, match="AUTHENTICATION_FAILED"):
         await client.start()
     await client.force_stop()
@@ -132,7 +124,7 @@ async def test_connection_token_is_enforced(server, token):
 
 async def test_delete_session_in_the_runtime_home_removes_it(server, local_backend):
     kwargs = dict(available_tools=[], **local_backend.session_kwargs())
-    async with client_for(server) as client:
+    async with server.connect() as client:
         session = await client.create_session(session_id="home-session", **kwargs)
         await session.send_and_wait("Remember: the codename is EMU-6.", timeout=TIMEOUT)
         await session.disconnect()
@@ -147,7 +139,7 @@ async def test_delete_session_in_the_runtime_home_removes_it(server, local_backe
 async def test_delete_session_does_not_reach_a_config_directory(server, session_kwargs, user_dirs):
     """Runtime notes: sessions in a per-user config_directory are outside the server's view."""
     await teach(server, user_dirs["a"], "proj", "Remember: the codename is RAM-7.", session_kwargs)
-    async with client_for(server) as client:
+    async with server.connect() as client:
         assert await client.get_session_metadata("proj") is None
         with pytest.raises(Exception, match="Session file not found"):
             await client.delete_session("proj")

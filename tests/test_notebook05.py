@@ -1,11 +1,11 @@
-"""Notebook 05 headless: other parameters with the exercises' solutions, and bad parameters."""
+"""Notebook 05 headless: other parameters with the exercises' solutions (bad ones: test_params)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from test_notebooks import execute, leaves_nothing, outputs_text, refused, with_solutions
+from test_notebooks import execute, leaves_nothing, outputs_text, with_solutions
 
 pytestmark = pytest.mark.notebook
 NB05 = "05_making_it_fast.ipynb"
@@ -37,16 +37,3 @@ def test_notebook_05_with_solutions_and_other_parameters() -> None:
     assert "fastest:" in text, "exercise 1's solution ran"
     assert "served 8, created" in text, "exercise 2's solution ran"
 
-
-def test_notebook_05_bad_parameters_each_get_a_message() -> None:
-    refused(
-        NB05,
-        "AT_ONCE = 1 is out of range",
-        "SPEED_REQUESTS = 'many' must be a number",
-        "PROMPT = '' is not allowed",
-        "BACKEND = 'cloud' is not one of",
-        AT_ONCE=1,
-        SPEED_REQUESTS="many",
-        PROMPT="",
-        BACKEND="cloud",
-    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from copilot import CopilotClient
 from copilot._jsonrpc import JsonRpcError
+from support import TIMEOUT
 
 from helpers.errors import NoTokenForUser
 from helpers.serving.credentials import UserTokens
@@ -15,8 +16,6 @@ from helpers.serving.registry import (
     owned_open,
     owned_resume,
 )
-
-TIMEOUT = 60
 
 
 @pytest.fixture

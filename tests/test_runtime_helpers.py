@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from helpers.model.backends import Backend
 from helpers.run import process_alive
 from helpers.runtime import server as runtime
 from helpers.runtime.server import (
@@ -87,20 +88,23 @@ def test_silent_start_times_out_and_leaves_nothing(
     assert not process_alive(int(pid_file.read_text()))
 
 
+@pytest.mark.runtime
 def test_offline_without_a_provider_refuses_to_start(tmp_path: Path) -> None:
     """Runtime notes: offline mode demands COPILOT_PROVIDER_BASE_URL and COPILOT_MODEL."""
     with pytest.raises(RuntimeStartError) as info:
-        start_server(
-            {"COPILOT_OFFLINE": "true"},
-            home=tmp_path / "home",
-            remove_env=("COPILOT_PROVIDER_BASE_URL", "COPILOT_MODEL"),
-            timeout=20,
+        offline = Backend(
+            "offline",
+            None,
+            server_env={"COPILOT_OFFLINE": "true"},
+            server_remove_env=("COPILOT_PROVIDER_BASE_URL", "COPILOT_MODEL"),
         )
+        start_server(offline, home=tmp_path / "home", timeout=20)
     assert "Offline mode requires a local model provider" in str(info.value)
 
 
+@pytest.mark.runtime
 def test_start_stop_and_log(local_backend) -> None:
-    server = start_server(local_backend.server_env, remove_env=local_backend.server_remove_env)
+    server = start_server(local_backend)
     try:
         assert server.url.startswith("127.0.0.1:") and process_alive(server.pid)
         assert server.token and server.token not in server.log_tail(200)
@@ -120,7 +124,7 @@ ORPHAN_SCRIPT = textwrap.dedent("""
     from helpers.model.backends import choose_backend
     from helpers.runtime.server import start_server
     backend = choose_backend("local", env={})
-    server = start_server(backend.server_env, remove_env=backend.server_remove_env)
+    server = start_server(backend)
     print(server.pid, flush=True)
     time.sleep(600)
 """)
@@ -140,6 +144,7 @@ def _read_line(stream, timeout: float) -> str:
     return stream.readline().decode().strip()
 
 
+@pytest.mark.runtime
 def test_server_dies_within_5s_when_its_python_parent_is_killed() -> None:
     parent = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE)
     try:
@@ -152,6 +157,7 @@ def test_server_dies_within_5s_when_its_python_parent_is_killed() -> None:
         parent.kill()
 
 
+@pytest.mark.runtime
 def test_server_dies_when_a_jupyter_kernel_is_killed() -> None:
     from jupyter_client.manager import start_new_kernel
 

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 
 import pytest
-from copilot import CopilotClient
+from support import TIMEOUT
 
 from helpers.errors import Draining, PoolClosed
 from helpers.events import EventLog
@@ -19,13 +19,6 @@ from helpers.tools.routed_tools import routed_file_tools
 from helpers.tools.vfs import VirtualFS
 
 pytestmark = pytest.mark.runtime
-TIMEOUT = 60
-
-
-@pytest.fixture
-async def client(server):
-    async with CopilotClient(mode="empty", connection=server.connection()) as connected:
-        yield connected
 
 
 async def test_lock_runs_two_sends_to_one_session_one_after_the_other(

@@ -27,7 +27,7 @@ from helpers.store.session_fs import StoreFs
 postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
     if request.param == "sqlite":
         opened = await open_store(tmp_path, "")
@@ -163,6 +163,7 @@ async def test_router_picks_and_holds_the_lease(store: SessionStore) -> None:
         Router({"r1": "r1"}, store, turn, strategy="random")
 
 
+@pytest.mark.postgres
 async def test_bad_urls_and_passwords_get_clear_errors(tmp_path: Path, postgres_url: str) -> None:
     password = postgres_url.split(":")[2].split("@")[0]
     wrong = postgres_url.replace(f":{password}@", ":Wrong-Pass-123@")
@@ -185,6 +186,7 @@ async def test_bad_urls_and_passwords_get_clear_errors(tmp_path: Path, postgres_
     assert password not in safe_url(postgres_url)
 
 
+@pytest.mark.postgres
 async def test_a_missing_table_on_postgresql_is_created_on_first_use(
     tmp_path: Path, postgres_url: str
 ) -> None:
@@ -199,6 +201,7 @@ async def test_a_missing_table_on_postgresql_is_created_on_first_use(
         await store.close()
 
 
+@pytest.mark.postgres
 def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
     server = start_postgres()
     root, url = server.root, server.url

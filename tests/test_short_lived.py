@@ -7,8 +7,8 @@ import dataclasses
 import secrets
 
 import pytest
-from copilot import CopilotClient
 from copilot.tools import define_tool
+from support import TIMEOUT
 
 from helpers.notebook.display import log_mark
 from helpers.tools.file_tools import (
@@ -20,7 +20,6 @@ from helpers.tools.file_tools import (
 from helpers.tools.vfs import VirtualFS
 
 pytestmark = pytest.mark.runtime
-TIMEOUT = 60
 
 
 def without_read_override(fs: VirtualFS) -> list:
@@ -30,12 +29,6 @@ def without_read_override(fs: VirtualFS) -> list:
         dataclasses.replace(t, overrides_built_in_tool=False) if t.name == "read_file" else t
         for t in tools
     ]
-
-
-@pytest.fixture
-async def client(server):
-    async with CopilotClient(mode="empty", connection=server.connection()) as connected:
-        yield connected
 
 
 async def request(

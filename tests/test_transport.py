@@ -15,6 +15,7 @@ from copilot import CopilotClient
 
 from helpers.runtime import transport
 
+pytestmark = pytest.mark.runtime
 LINUX_QUICKACK = pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK is Linux-only")
 
 

@@ -6,6 +6,7 @@ import inspect
 import logging
 import textwrap
 import time
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -160,13 +161,17 @@ def model_requests(model: StandInModel | None, since: int) -> list[RequestRecord
 
 
 def file_contains(root: Path, *needles: str) -> list[str]:
-    """Files under ``root`` whose bytes contain any of ``needles`` (case-insensitive)."""
+    """Files under ``root`` whose text holds any of ``needles`` (case-insensitive, NFC, any script).
+
+    Files are read as UTF-8 (undecodable bytes kept as U+FFFD), so ``Émeraude`` is found in a
+    file that says ``ÉMERAUDE``, as ``AURORA`` is in one that says ``aurora``.
+    """
     hits = []
-    wanted = [needle.lower().encode() for needle in needles if needle]
+    wanted = [unicodedata.normalize("NFC", needle).casefold() for needle in needles if needle]
     for path in Path(root).rglob("*"):
         if path.is_file():
-            data = path.read_bytes().lower()
-            if any(needle in data for needle in wanted):
+            text = unicodedata.normalize("NFC", path.read_bytes().decode("utf-8", "replace"))
+            if any(needle in text.casefold() for needle in wanted):
                 hits.append(relative(path))
     return hits
 

@@ -1,8 +1,14 @@
-"""Check a notebook's parameters right after its parameters cell, one message per bad value."""
+"""Check a notebook's parameters right after its parameters cell, one message per bad value.
+
+The rules every notebook shares are defined once at the bottom (``backend``, ``cli_url``,
+``codename``, ``session_id``, ``timeout``, ``boolean``), so a parameter has one rule and one message
+in every notebook.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +29,18 @@ def check(*more: str | None, **rules: tuple[Any, Rule]) -> None:
         raise ParameterError("Bad parameter value(s):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def nfc(value: Any) -> Any:
+    """``value`` in Unicode NFC when it is a string (``é`` typed as one code point or as two)."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
 def text(
-    pattern: str = r"[^\x00-\x1f\x7f]+", allowed: str = "printable text", max_len: int = 200
+    pattern: str = r"[^\x00-\x1f\x7f]+",
+    allowed: str = "printable text",
+    max_len: int = 200,
+    min_len: int = 0,
 ) -> Rule:
-    """A rule for a string that must fully match ``pattern`` (``allowed`` says so in words)."""
+    """A rule for a string whose NFC form matches ``pattern`` (``allowed`` says it in words)."""
     compiled = re.compile(pattern)
 
     def rule(name: str, value: Any) -> str | None:
@@ -35,8 +49,11 @@ def text(
                 f"{name} = {value!r} is a {type(value).__name__}; it must be a string "
                 f"(papermill passes -p {name} 12345 as a number: use -r {name} 12345)."
             )
+        value = nfc(value)
         if len(value) > max_len:
             return f"{name} must be at most {max_len} characters long (got {len(value)})."
+        if len(value) < min_len:
+            return f"{name} = {value!r} is not allowed; use {allowed}."
         if not compiled.fullmatch(value):
             return f"{name} = {value!r} is not allowed; use {allowed}."
         return None
@@ -107,3 +124,22 @@ def satisfies(check: Callable[[Any], object]) -> Rule:
 def both(first: Rule, second: Rule) -> Rule:
     """A rule that reports the first of two rules' problems."""
     return lambda name, value: first(name, value) or second(name, value)
+
+
+# The rules the notebooks share: one rule, and so one message, per kind of parameter.
+
+backend = one_of("", "local", "github", "byok")
+cli_url = text(r"|[A-Za-z0-9.-]+:\d{1,5}", "host:port such as 127.0.0.1:4321, or empty")
+codename = text(
+    # After NFC: a letter or digit of any script at each end; inside letters, digits, '-', '_'
+    # and single spaces; at least one letter and one digit.
+    r"(?=.*[^\W\d_])(?=.*\d)[^\W_](?:[\w-]| (?! ))*[^\W_]",
+    "4 to 40 characters: letters (of any script), digits, '-', '_' and single spaces inside, "
+    "with at least one letter and one digit (so it cannot turn up in an answer by chance), "
+    "starting and ending with a letter or digit (the stand-in and the checks read no "
+    "punctuation, quotes or line breaks)",
+    max_len=40,
+    min_len=4,
+)
+session_id = identifier()
+timeout = number(1, 3600)

@@ -14,9 +14,15 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from helpers.errors import RuntimeNotFound, RuntimeStartError
 from helpers.run import LOGS, REPO_ROOT, TMP, relative, writable_dir
+
+if TYPE_CHECKING:
+    from copilot import CopilotClient
+
+    from helpers.model.backends import Backend
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -142,6 +148,18 @@ class RuntimeServer:
 
         return RuntimeConnection.for_uri(self.url, connection_token=self.token)
 
+    def connect(self, **options: object) -> CopilotClient:
+        """A new client with its own TCP connection to this server, presenting its token.
+
+        ``mode="empty"``: nothing of the runtime's coding-agent set-up (shell, files) is switched on
+        unless a session names it, the baseline the SDK's multi-tenancy guide sets for a server
+        shared by several users. ``options`` go to ``CopilotClient`` as they are.
+        """
+        from copilot import CopilotClient, RuntimeConnection
+
+        connection = RuntimeConnection.for_uri(self.url, connection_token=self.token)
+        return CopilotClient(mode="empty", connection=connection, **options)  # type: ignore[arg-type]
+
     def stop(self) -> None:
         """Stop the server (if we started it) and wait for it to exit."""
         if self._finalizer is not None:
@@ -197,36 +215,37 @@ class RuntimeServer:
 
 
 def start_server(
-    extra_env: dict[str, str] | None = None,
+    backend: Backend | None = None,
     *,
     home: Path | None = None,
-    remove_env: tuple[str, ...] = (),
-    secret_values: list[str] | None = None,
     timeout: float = START_TIMEOUT_S,
 ) -> RuntimeServer:
     """Start the runtime headless on a free loopback port, guarded so it dies with this process.
 
     Args:
-        extra_env: Variables added to the server's environment (the backend's settings).
+        backend: The model backend: its ``server_env`` goes into the server's environment, its
+            ``server_remove_env`` is kept out of it, its ``secret_values`` are redacted from any
+            log text we show. ``None``: this process's environment as it is.
         home: ``COPILOT_HOME`` for the server's own state; default ``tmp/copilot-home``.
-        remove_env: Variables of this process that the server must not inherit.
-        secret_values: Values to redact from any log text we show.
         timeout: Seconds to wait for the server to announce its port.
 
     Returns:
-        The running server; use ``server.connection()`` or ``server.url``/``server.token``.
+        The running server; use ``server.connect()``, or ``server.url``/``server.token``.
 
     Raises:
         RuntimeNotFound: no runtime binary.
         RuntimeStartError: the server exited or stayed silent; the message quotes its log.
     """
+    extra_env = dict(backend.server_env) if backend is not None else {}
+    remove_env = backend.server_remove_env if backend is not None else ()
+    secret_values = list(backend.secret_values) if backend is not None else []
     binary = find_runtime()
     env = {k: v for k, v in os.environ.items() if k not in remove_env}
-    env.update(extra_env or {})
+    env.update(extra_env)
     home = Path(home or TMP / "copilot-home").resolve()
     token = secrets.token_urlsafe(24)
-    server = _launch(binary, env, home, token, list(secret_values or []), timeout)
-    server._added_env = tuple(extra_env or {})
+    server = _launch(binary, env, home, token, secret_values, timeout)
+    server._added_env = tuple(extra_env)
     server._finalizer = weakref.finalize(server, stop_guard, server._guard, server.pid)
     return server
 

@@ -32,12 +32,7 @@ def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None)
             f"(token: {'set' if server.token else 'none'})."
         )
         return server
-    server = start_server(
-        backend.server_env,
-        home=home,
-        remove_env=backend.server_remove_env,
-        secret_values=backend.secret_values,
-    )
+    server = start_server(backend, home=home)
     installed, expected = runtime_version(), expected_runtime_version()
     print(
         f"Shared runtime {installed} (this SDK expects {expected}) listening on {server.url}, "
@@ -64,3 +59,30 @@ def versions() -> str:
         f"github-copilot-sdk {version('github-copilot-sdk')}, runtime @github/copilot {installed} "
         f"(this SDK expects {expected_runtime_version()})"
     )
+
+
+def sdk_changes() -> str:
+    """One line: what the helpers change in the SDK's behaviour in this process, and why.
+
+    A reader who copies a notebook's cells without the helpers gets the SDK without these
+    (helpers/runtime/transport.py and helpers/runtime/watchdog.py).
+    """
+    from helpers.runtime import transport, watchdog
+
+    changes = []
+    tcp = transport._state  # read only: the switches live in transport.py
+    options = ["TCP_NODELAY"] * bool(tcp["nodelay"]) + ["TCP_QUICKACK"] * bool(tcp["quickack"])
+    options += ["one write per message"] * bool(tcp.get("buffered"))
+    if tcp["installed"] and options:
+        changes.append(
+            f"{', '.join(options)} on every client's socket (transport: otherwise a message "
+            "can wait about 40 ms for an ACK; notebook 05 measures it)"
+        )
+    if watchdog._state["installed"]:
+        changes.append(
+            "a turn fails at once when its runtime dies, and start() has a timeout (watchdog: "
+            "otherwise the turn waits out its whole timeout)"
+        )
+    if not changes:
+        return "The helpers change nothing in the SDK in this process."
+    return "The helpers change the SDK here: " + "; ".join(changes) + "."
