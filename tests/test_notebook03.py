@@ -25,4 +25,3 @@ def test_notebook_03_with_solutions_and_other_parameters() -> None:
     assert "u3" in text and "u4 " not in text, "three users at once"
     assert "NotYourSession" in text and "refused" in text
     assert "deleted user-b-" in text, "exercise 1's solution ran"
-

@@ -36,4 +36,3 @@ def test_notebook_05_with_solutions_and_other_parameters() -> None:
     assert "prepared ahead" in text, "the panel answered through the pool"
     assert "fastest:" in text, "exercise 1's solution ran"
     assert "served 8, created" in text, "exercise 2's solution ran"
-
