@@ -112,7 +112,7 @@ async def bench(turns: int, chars: int, url: str) -> list[dict]:
                 Conversation(LOCAL, local, dict(config_directory=str(run / "dir"), **options))
             ]
             for label, store in stores.items():
-                opts = dict(create_session_fs_handler=store_fs(store, "bench"), **options)
+                opts = dict(create_session_fs_handler=store_fs(store), **options)
                 places.append(Conversation(label, fs, opts))
             rows = await lockstep(places, turns, chars)
     finally:

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table, text_of  # noqa: E402
-from helpers.notebook.timing import Result, measure, plot, ratio  # noqa: E402
+from helpers.notebook.request_timing import Result, measure_requests, plot, ratio  # noqa: E402
 from helpers.run import TMP, remove_dir  # noqa: E402
 from helpers.runtime import transport  # noqa: E402
 from helpers.runtime.cpu import CpuSpan  # noqa: E402
@@ -131,7 +131,7 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
                     if label == FASTEST:
                         pool.size = level
                         await pool.fill()
-                    results.append(await measure(label, fn, level, count, after))
+                    results.append(await measure_requests(label, fn, level, count, after))
                     bar.update()
 
         phases: dict[str, list[float]] = {}

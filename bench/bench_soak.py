@@ -6,7 +6,7 @@ Notebook 02's request (create with the file tools, send, disconnect, delete) on 
 transport, ``--at-once`` at a time, ``--requests`` in all, through one runtime. Every
 ``--window`` requests it records the p50 and p95 of that window and the runtime's resident
 memory. Drift compares the last 500 requests with the first 500 after the warm-up (fewer on a
-short run: a sixth of the measured requests each). Uses the local stand-in model, which answers
+short run: half of the measured requests each). Uses the local stand-in model, which answers
 at once. Writes the plot to tmp/bench-soak.png; the last line is for scripts.
 """
 
@@ -114,7 +114,7 @@ def main() -> None:
     latencies, memory = asyncio.run(soak(args.requests, args.at_once, args.window, args.prompt))
     done = [ms for _, ms in latencies]
     measured = done[args.warmup :]
-    span = min(500, len(measured) // 6)
+    span = min(500, len(measured) // 2)
     first, last = measured[:span], measured[-span:]
     p50_drift = statistics.median(last) / statistics.median(first) - 1
     after_warmup = next(mb for n, mb in memory if n >= args.warmup)

@@ -22,7 +22,7 @@ from pg_server import find_bin_dir, start_postgres  # noqa: E402
 from support import TIMEOUT  # noqa: E402
 
 from helpers.model.backends import choose_backend
-from helpers.notebook.costs import measure
+from helpers.notebook.session_costs import measure_session_costs
 from helpers.run import relative, remove_dir, run_dir
 from helpers.runtime import transport
 from helpers.runtime.server import start_server
@@ -40,7 +40,9 @@ async def bench(rounds: int, database_url: str) -> list[dict[str, object]]:
         options = dict(available_tools=[], **backend.session_kwargs())
         async with CopilotClient(mode="empty", connection=plain.connection()) as client:
             local = dict(config_directory=str(run / "local-dir"), **options)
-            results["local directory"] = await measure(client, "b-local", local, rounds, TIMEOUT)
+            results["local directory"] = await measure_session_costs(
+                client, "b-local", local, rounds, TIMEOUT
+            )
         stores = {"SQLite": await open_store(run, "")}
         if database_url:
             stores["PostgreSQL"] = await open_store(run, database_url, schema="bench_store")
@@ -48,8 +50,10 @@ async def bench(rounds: int, database_url: str) -> list[dict[str, object]]:
         async with CopilotClient(mode="empty", connection=connection, session_fs=SESSION_FS) as c:
             for label, store in stores.items():
                 calls: Counter[str] = Counter()
-                opts = dict(create_session_fs_handler=store_fs(store, "bench", calls), **options)
-                results[label] = await measure(c, f"b-{label}", opts, rounds, TIMEOUT, calls)
+                opts = dict(create_session_fs_handler=store_fs(store, calls), **options)
+                results[label] = await measure_session_costs(
+                    c, f"b-{label}", opts, rounds, TIMEOUT, calls
+                )
         for store in stores.values():
             if store.engine == "postgresql":
                 store.drop_schema()  # type: ignore[attr-defined]

@@ -89,3 +89,22 @@ class LeaseBusy(TutorialError, RuntimeError):
 
 class LeaseExpired(TutorialError, RuntimeError):
     """Our lease ran out (and may have passed to another holder) before we released it."""
+
+
+# A web backend
+
+
+class TooManyTurns(TutorialError, RuntimeError):
+    """This user already has as many turns running as the service allows at once."""
+
+
+class RuntimeDown(TutorialError, RuntimeError):
+    """The service's Copilot runtime is not answering; requests that need it get 503."""
+
+
+class StoreDown(TutorialError, RuntimeError):
+    """The service's database did not answer; a turn it could not store is not reported done."""
+
+
+class NotStored(TutorialError, RuntimeError):
+    """A turn ended, but its events are not where they should be in the store: not done."""

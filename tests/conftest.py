@@ -87,10 +87,11 @@ def _costly_starts_need_their_marker(
         return refused
 
     if "runtime" not in marks:
+        from helpers.runtime import binary
         from helpers.runtime import server as runtime
 
         launch, refused = runtime._launch, refuse("runtime", "starts the Copilot runtime")
-        real = {c.resolve() for c in runtime._node_modules_candidates() if c.exists()}
+        real = {c.resolve() for c in binary._node_modules_candidates() if c.exists()}
 
         def launch_a_stand_in_only(binary, *args, **kwargs):  # a test's fake runtime is cheap
             return (refused if Path(binary).resolve() in real else launch)(binary, *args, **kwargs)

@@ -1,4 +1,16 @@
-"""A throwaway PostgreSQL server under ``tmp/``: initdb, start on a free loopback port, remove."""
+"""A throwaway PostgreSQL server under ``tmp/``: initdb, start on a free loopback port, remove.
+
+Why not pytest-postgresql, the maintained fixture for this: its ``postgresql_proc`` runs
+``pg_ctl initdb`` and ``pg_ctl start`` as the current user, and CI runs as root, which PostgreSQL
+refuses ("pg_ctl: cannot be run as root"). It has no option to run them as another user (asked in
+its issues #341 and #455, both closed without one: run the tests as a non-root user instead). An
+``exec`` wrapper that drops privileges would not be enough either (not tried): its data folder is
+made under pytest's temporary folder, which pytest creates readable by its owner only, and
+``postgresql_noproc`` only connects to a server started some other way, such as this one. Here,
+as root, the cluster is made and served as ``nobody`` through ``setpriv``, in a folder that user
+can enter; run by anyone else, as the current user. The server runs under the runtime's guard
+(``helpers/runtime/guard.py``), so it dies with the test process, even a killed one.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +29,13 @@ from pathlib import Path
 from support import free_port
 
 from helpers.run import TMP, writable_dir
-from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, log_tail, redact, stop_guard
+from helpers.runtime.logs import log_tail, redact
+from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, stop_guard
 
 START_TIMEOUT_S = 30.0
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (Debian/Ubuntu)"
 UNPRIVILEGED = "nobody"
+DEBIAN_ROOT = Path("/usr/lib/postgresql")  # Debian's postgresql-NN packages: <NN>/bin
 
 
 class PostgresNotFound(RuntimeError):
@@ -38,7 +52,7 @@ def find_bin_dir() -> Path | None:
     if on_path and shutil.which("postgres"):
         return Path(on_path).resolve().parent
     versions = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
+        DEBIAN_ROOT.glob("*/bin"),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
     )
     for folder in reversed(versions):

@@ -27,6 +27,7 @@ def test_default_is_local_offline_without_tokens() -> None:
         assert set(TOKEN_VARS) <= set(backend.server_remove_env)
         assert "canary-xyz" not in repr(backend) + str(backend.server_env)
         assert backend.session_kwargs()["provider"]["base_url"] == backend.standin.base_url
+        assert backend.records_requests, "the stand-in records what the model receives"
 
 
 def test_github_token_goes_to_the_server_only() -> None:
@@ -36,6 +37,7 @@ def test_github_token_goes_to_the_server_only() -> None:
         backend.session_kwargs()
     )
     assert backend.secret_values == ["ghp_secret_value"]
+    assert not backend.records_requests, "no code of ours sees a real model's requests"
 
 
 def test_byok_needs_url_and_model() -> None:

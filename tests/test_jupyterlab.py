@@ -265,7 +265,7 @@ def codename_of(name: str) -> str:
 
 def drive_panel(page, name: str) -> list[str]:
     """What the issue asks a learner to try, per notebook; returns the results seen."""
-    if name.startswith("01_"):
+    if name.startswith(("01_", "06_")):  # 06: each user's own conversation, over HTTP
         codename = codename_of(name).lower()
         a = send(page, "A", "What is the codename?")
         assert codename in a.split("reply:", 1)[1].lower(), f"A's session knows it: {a}"

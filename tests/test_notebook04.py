@@ -3,10 +3,19 @@ and PostgreSQL through DATABASE_URL (given to the kernel's environment, never as
 
 from __future__ import annotations
 
+import ast
+
 import pg_fixture
 import psycopg
 import pytest
-from test_notebooks import execute, leaves_nothing, outputs_text, with_solutions
+from test_notebooks import (
+    execute,
+    leaves_nothing,
+    line_after,
+    outputs_text,
+    printed,
+    with_solutions,
+)
 
 pytestmark = pytest.mark.notebook
 NB04 = "04_beyond_one_runtime.ipynb"
@@ -23,7 +32,6 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
             source=with_solutions(NB04),
             tag="sqlite-",
             CODENAME="zephyr_42-X",
-            SESSION_A="alice-session-x",
             USERS=3,
             TURNS=2,
             ROUTING="hash",
@@ -31,8 +39,16 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
         )
     text = outputs_text(nb)
     assert "SQLite file tmp/runs/04-" in text and "AURORA-7" not in text
-    assert "alice-session-x" in text and "6 turns in" in text
-    assert "served in this order" in text and "x-three" in text, "the exercises ran"
+    assert "User A's session: user-a-" in text and "6 turns in" in text
+    assert "u2-session now holds: ['Remember: the pin is 4711.', 'What is the pin?']" in text
+    assert "8 trials, mallory 0 to 28 ms after u2: 0 leaks" in text, "the fix, proved"
+    assert "'forks': 0, 'lost': 0, 'doubled': 0, 'timeouts': 0, 'failed': 0" in text
+    assert "first request: TimeoutError" in text
+    said = printed(nb)
+    order = ast.literal_eval(line_after(said, "served in this order:"))
+    assert sorted(order) == ["runtime-1", "runtime-2"], "exercise 1: both runtimes took a turn"
+    where = next(line for line in said.splitlines() if line.startswith("{'x-one'"))
+    assert all(len(seen) == 1 for seen in ast.literal_eval(where).values()), "exercise 2"
     assert "PostgreSQL" not in text.split("where the files are", 1)[1].split("clean_up", 1)[0]
 
 

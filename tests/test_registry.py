@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from copilot import CopilotClient
 from copilot._jsonrpc import JsonRpcError
 from support import TIMEOUT
 
@@ -57,8 +56,8 @@ def test_registry_survives_a_reopen(tmp_path):
 @pytest.mark.runtime
 async def test_refused_resume_and_delete_change_nothing(server, session_kwargs, registry):
     async with (
-        CopilotClient(mode="empty", connection=server.connection()) as client_a,
-        CopilotClient(mode="empty", connection=server.connection()) as client_b,
+        server.connect() as client_a,
+        server.connect() as client_b,
     ):
         a_id = registry.new_id("A")
         session = await client_a.create_session(session_id=a_id, **session_kwargs)
@@ -104,7 +103,7 @@ def test_user_tokens_hand_each_user_their_own_token():
 async def test_the_sdk_sends_the_users_token_on_create(server, local_backend):
     """What reaches the runtime: the user's token in session.create (offline it is refused)."""
     tokens = UserTokens({"A": "token-of-a", "B": "token-of-b"})
-    async with CopilotClient(mode="empty", connection=server.connection()) as client:
+    async with server.connect() as client:
         sent: list[tuple[str, dict]] = []
         request = client._client.request
 
@@ -125,7 +124,7 @@ async def test_the_sdk_sends_the_users_token_on_create(server, local_backend):
 async def test_owned_open_creates_an_owned_id_once_then_resumes_it(
     server, session_kwargs, registry
 ):
-    async with CopilotClient(mode="empty", connection=server.connection()) as client:
+    async with server.connect() as client:
         b_id = registry.new_id("B")
         with pytest.raises(NotYourSession):
             await owned_open(registry, client, "A", b_id, **session_kwargs)

@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from helpers.errors import RuntimeNotFound, RuntimeStartError
 from helpers.model.backends import Backend
 from helpers.run import process_alive
-from helpers.runtime import server as runtime
-from helpers.runtime.server import (
-    RuntimeNotFound,
-    RuntimeStartError,
-    expected_runtime_version,
-    find_runtime,
-    redact,
-    runtime_version,
-    start_server,
-)
+from helpers.runtime import binary
+from helpers.runtime.binary import expected_runtime_version, find_runtime, runtime_version
+from helpers.runtime.logs import redact
+from helpers.runtime.server import start_server
 
 
 def fake_runtime(tmp_path: Path, body: str) -> Path:
@@ -58,7 +53,7 @@ def test_missing_runtime_names_the_three_ways(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("COPILOT_CLI_PATH", raising=False)
-    monkeypatch.setattr(runtime, "_node_modules_candidates", lambda: [tmp_path / "absent"])
+    monkeypatch.setattr(binary, "_node_modules_candidates", lambda: [tmp_path / "absent"])
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeNotFound) as info:
         find_runtime()
@@ -86,6 +81,32 @@ def test_silent_start_times_out_and_leaves_nothing(
         start_server(home=tmp_path / "home", timeout=1.5)
     assert time.monotonic() - started < 15
     assert not process_alive(int(pid_file.read_text()))
+
+
+def test_start_server_takes_the_backend_and_redacts_its_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every runtime started from a backend hides its key: notebook 04's second runtime did not."""
+    key = "sk-canary-1234567890"
+    body = 'echo "key=$COPILOT_PROVIDER_API_KEY"; echo "listening on port 4321"; exec sleep 30'
+    monkeypatch.setenv("COPILOT_CLI_PATH", str(fake_runtime(tmp_path, body)))
+    monkeypatch.setenv("GH_TOKEN", "inherited-token-value")
+    backend = Backend(
+        "byok",
+        "m",
+        server_env={"COPILOT_PROVIDER_API_KEY": key},
+        server_remove_env=("GH_TOKEN",),
+        secret_values=[key],
+    )
+    server = start_server(backend, home=tmp_path / "home", timeout=10)
+    try:
+        assert server.url == "127.0.0.1:4321"
+        assert key in server.log_path.read_text(), "the runtime got the backend's key"
+        shown = server.log_tail() + server.describe()
+        assert key not in shown and "key=***" in shown, "and nothing we show holds it"
+        assert "GH_TOKEN" not in server._env, "what the backend removes is not inherited"
+    finally:
+        server.stop()
 
 
 @pytest.mark.runtime

@@ -94,16 +94,27 @@ async def test_pool_isolation_fifty_requests_of_two_users(server, client, local_
 
 
 async def test_unbound_session_gets_a_refusal_not_someones_files(server, client, local_backend):
+    """The same tools read A's file for A's session and refuse a session bound to nobody."""
     fs = {"A": VirtualFS("A")}
     fs["A"].write("secret.md", "of A")
-    tools = routed_file_tools(lambda sid: None)
-    session = await client.create_session(
-        tools=tools, available_tools=ALLOWLIST, **local_backend.session_kwargs()
-    )
-    reply = await session.send_and_wait("Read secret.md", timeout=TIMEOUT)
-    await session.disconnect()
-    await client.delete_session(session.session_id)
-    assert "of A" not in reply.data.content
+    bound: dict[str, str] = {}  # session id -> user, as the application's router keeps it
+    tools = routed_file_tools(lambda sid: fs[bound[sid]] if sid in bound else None)
+
+    async def read_secret(user: str | None) -> str:
+        session = await client.create_session(
+            tools=tools, available_tools=ALLOWLIST, **local_backend.session_kwargs()
+        )
+        if user is not None:
+            bound[session.session_id] = user
+        reply = await session.send_and_wait("Read secret.md", timeout=TIMEOUT)
+        await session.disconnect()
+        await client.delete_session(session.session_id)
+        return reply.data.content if reply else ""
+
+    assert "of A" in await read_secret("A"), "a session bound to A reads A's file"
+    refused = await read_secret(None)
+    assert "of A" not in refused, "a session bound to nobody reads nothing"
+    assert "serves no user right now" in refused, "it gets the router's refusal"
 
 
 async def test_sweep_deletes_old_orphans_and_nothing_else(server, client, session_kwargs):

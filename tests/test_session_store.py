@@ -19,7 +19,7 @@ from helpers.errors import LeaseBusy, LeaseExpired, NotYourSession, StoreError
 from helpers.events import forks, user_texts
 from helpers.store import open_store
 from helpers.store.base import SessionStore
-from helpers.store.lease import Lease, held
+from helpers.store.lease import Lease, held, request_token
 from helpers.store.postgres import safe_url
 from helpers.store.router import Router
 from helpers.store.session_fs import StoreFs
@@ -41,12 +41,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 async def test_files_round_trip(store: SessionStore) -> None:
-    await store.write("s1", "A", "/state/events.jsonl", '{"a": 1}\n', "file")
-    await store.append("s1", "A", "/state/events.jsonl", '{"b": "it\'s 100%_"}\n')
-    await store.append("s1", "A", "/state/new.txt", "created by append")
+    await store.write("s1", "/state/events.jsonl", '{"a": 1}\n', "file")
+    await store.append("s1", "/state/events.jsonl", '{"b": "it\'s 100%_"}\n')
+    await store.append("s1", "/state/new.txt", "created by append")
     row = await store.read("s1", "/state/events.jsonl")
     assert row is not None and row.content == '{"a": 1}\n{"b": "it\'s 100%_"}\n'
-    assert row.kind == "file" and row.user_id == "A" and row.modified_at >= row.created_at
+    assert row.kind == "file" and row.modified_at >= row.created_at
     assert [r.path for r in await store.under("s1", "/state")] == [
         "/state/events.jsonl",
         "/state/new.txt",
@@ -58,60 +58,121 @@ async def test_files_round_trip(store: SessionStore) -> None:
     assert await store.rows(session_id="s1") == []
 
 
-async def test_ownership_and_deleting_a_user(store: SessionStore) -> None:
-    await store.write("a-1", "A", "/f", "A's secret", "file")
-    await store.write("b-1", "B", "/f", "B's note", "file")
-    await store.check_owner("A", "a-1")
-    await store.check_owner("B", "new-session")  # unknown ids are free to create
-    with pytest.raises(NotYourSession, match="'a-1' is not a session of user 'B'"):
-        await store.check_owner("B", "a-1")
-    assert await store.try_lease("a-1", "runtime-1", 30)
-    assert await store.delete_user("A") == 1
-    assert await store.rows(user="A") == [] and await store.lease_of("a-1") is None
+async def test_ids_are_made_by_the_store_and_unguessable(store: SessionStore) -> None:
+    ids = [await store.new_id("A") for _ in range(20)]
+    assert len(set(ids)) == 20 and all(i.startswith("user-a-") and len(i) == 23 for i in ids)
+    assert await store.sessions_of("A") == ids and await store.sessions_of("B") == []
+    assert {await store.owner(i) for i in ids} == {"A"}
+    with pytest.raises(ValueError, match="letters or digits"):
+        await store.new_id("../etc")
+
+
+async def test_unknown_and_foreign_ids_get_one_refusal_and_change_nothing(
+    store: SessionStore,
+) -> None:
+    """Items 2 and 3 of issue 14: no first-sender-owns, no existence oracle."""
+    a_id = await store.new_id("A")
+    await store.write(a_id, "/f", "A's secret", "file")
+    await store.check_owner("A", a_id)
+    before = await store.rows()
+    messages = []
+    for user, session_id in (("B", a_id), ("B", "user-b-0000000000000000"), ("B", "new-session")):
+        with pytest.raises(NotYourSession) as refused:
+            await store.check_owner(user, session_id)
+        messages.append(str(refused.value).replace(repr(session_id), "<id>"))
+    assert len(set(messages)) == 1, f"a refusal must not tell which ids exist: {messages}"
+    assert await store.rows() == before and await store.owner("new-session") is None
+    assert await store.sessions_of("B") == [], "sending to an unknown id claims nothing"
+
+
+async def test_deleting_a_user_deletes_sessions_files_and_leases_at_once(
+    store: SessionStore,
+) -> None:
+    a1, a2, b1 = await store.new_id("A"), await store.new_id("A"), await store.new_id("B")
+    for session_id, text in ((a1, "A's secret"), (a2, "A's other"), (b1, "B's note")):
+        await store.write(session_id, "/f", text, "file")
+    assert await store.try_lease(a1, "request#1", 30)
+    assert await store.delete_user("A") == 2
+    assert await store.rows(user="A") == [] and await store.lease_of(a1) is None
+    assert await store.sessions_of("A") == [] and await store.owner(a1) is None
     assert [r.content for r in await store.rows()] == ["B's note"]
+    assert await store.owner(b1) == "B"
 
 
-async def test_lease_one_holder_at_a_time(store: SessionStore) -> None:
-    first = await Lease(store, "s", "runtime-1", ttl_s=30).acquire()
-    with pytest.raises(LeaseBusy, match="held by runtime-1; runtime-2 waited 0.1 s"):
-        await Lease(store, "s", "runtime-2", ttl_s=30).acquire(wait_s=0.1)
+async def test_a_transaction_is_all_or_nothing(store: SessionStore) -> None:
+    b1 = await store.new_id("B")
+    with pytest.raises(Exception, match="no_such_table|does not exist"):
+        await store.transaction(
+            [("DELETE FROM sessions WHERE owner = ?", ("B",)), ("DELETE FROM no_such_table", ())]
+        )
+    assert await store.owner(b1) == "B", "the first statement was rolled back"
+
+
+async def test_a_lease_is_held_by_one_request_not_by_a_runtime(store: SessionStore) -> None:
+    """Item 4 of issue 14: a second request of the same runtime is a second holder."""
+    first = await Lease(store, "s", 30, request_token("runtime-1")).acquire()
+    same_runtime = Lease(store, "s", 30, request_token("runtime-1"))
+    with pytest.raises(LeaseBusy, match=f"held by {first.holder}; runtime-1#"):
+        await same_runtime.acquire(wait_s=0.1)
+    assert not await same_runtime.release(), "a release never frees another request's lease"
+    await first.check()
 
     async def release_soon() -> None:
         await asyncio.sleep(0.2)
         assert await first.release()
 
-    waiting = Lease(store, "s", "runtime-2", ttl_s=30)
-    await asyncio.gather(release_soon(), waiting.acquire(wait_s=10))
-    assert (await store.lease_of("s"))[0] == "runtime-2"  # type: ignore[index]
-    await waiting.check()
+    await asyncio.gather(release_soon(), same_runtime.acquire(wait_s=10))
+    assert (await store.lease_of("s"))[0] == same_runtime.holder  # type: ignore[index]
+    await same_runtime.check()
     assert not await first.release(), "a holder that let go cannot release another's lease"
+    with pytest.raises(LeaseExpired, match=f"now held by {same_runtime.holder}"):
+        await first.check()
 
 
 async def test_expired_lease_passes_on_and_is_detected(store: SessionStore) -> None:
-    stale = await Lease(store, "s", "runtime-1", ttl_s=0.05).acquire()
+    stale = await Lease(store, "s", ttl_s=0.05).acquire()
     await asyncio.sleep(0.1)
-    await Lease(store, "s", "runtime-2", ttl_s=30).acquire()
-    with pytest.raises(LeaseExpired, match="now held by runtime-2"):
+    taker = await Lease(store, "s", ttl_s=30).acquire()
+    with pytest.raises(LeaseExpired, match=f"now held by {taker.holder}"):
         await stale.check()
     with pytest.raises(LeaseExpired):
         await stale.renew()
-    with pytest.raises(LeaseExpired, match="expired before the turn ended"):
-        async with held(store, "t", "runtime-1", ttl_s=0.01):
-            await asyncio.sleep(0.05)
-    assert await store.lease_of("t") is None, "held() releases even when the lease expired"
+    assert stale.lost.is_set()
+    assert not await stale.release() and (await store.lease_of("s"))[0] == taker.holder  # type: ignore[index]
+
+
+async def test_the_heartbeat_keeps_the_lease_past_its_ttl(store: SessionStore) -> None:
+    """Item 7 of issue 14: held() renews the lease while its block runs."""
+    async with held(store, "t", ttl_s=0.3) as lease:
+        for _ in range(5):
+            await asyncio.sleep(0.2)
+            with pytest.raises(LeaseBusy):
+                await Lease(store, "t", ttl_s=30).acquire(wait_s=0)
+        await lease.check()
+    assert await store.lease_of("t") is None, "released at the end"
+
+
+async def test_a_lost_lease_is_reported_and_stops_guarded_work(store: SessionStore) -> None:
+    started = time.monotonic()
+    with pytest.raises(LeaseExpired, match="now held by thief"):
+        async with held(store, "t", ttl_s=0.3) as lease:
+            await store.execute("UPDATE session_leases SET holder = 'thief' WHERE session_id = 't'")
+            await lease.guard(asyncio.sleep(30))
+    assert time.monotonic() - started < 5, "guard stops the work once the heartbeat fails"
+    assert (await store.lease_of("t"))[0] == "thief", "the thief's lease was not released"  # type: ignore[index]
 
 
 async def test_missing_tables_are_created(store: SessionStore, tmp_path: Path) -> None:
-    await store.write("s", "A", "/f", "x", "file")
+    await store.write("s", "/f", "x", "file")
     await store.execute("DROP TABLE session_files")
     await store.create_tables()
     assert await store.rows() == []
-    await store.write("s", "A", "/f", "again", "file")
+    await store.write("s", "/f", "again", "file")
     assert (await store.read("s", "/f")).content == "again"  # type: ignore[union-attr]
 
 
 async def test_provider_over_the_store(store: SessionStore) -> None:
-    fs = StoreFs(store, "s", "A")
+    fs = StoreFs(store, "s")
     await fs.mkdir("/session-state/checkpoints", recursive=True)
     await fs.write_file("/session-state/workspace.yaml", "id: s\n")
     await fs.append_file("/session-state/events.jsonl", "one\n")
@@ -130,8 +191,10 @@ async def test_provider_over_the_store(store: SessionStore) -> None:
         with pytest.raises(FileNotFoundError):
             await missing
     await fs.rm("/x", False, force=True)
+    assert await store.started("s")
     await fs.rm("/session-state", recursive=True, force=False)
     assert await store.rows() == [] and fs.calls["append_file"] == 2
+    assert not await store.started("s")
 
 
 def test_history_helpers() -> None:
@@ -142,25 +205,17 @@ def test_history_helpers() -> None:
     assert user_texts(said) == ["hi"]
 
 
-async def test_router_picks_and_holds_the_lease(store: SessionStore) -> None:
-    holders: list[tuple[str, str]] = []
+def test_router_picks_a_runtime(store: SessionStore) -> None:
+    async def never(*args: object) -> None:
+        raise AssertionError("pick() opens nothing")
 
-    async def turn(client: str, session_id: str, user: str, message: str) -> str:
-        holders.append((client, (await store.lease_of(session_id))[0]))  # type: ignore[index]
-        await store.append(session_id, user, "/log", message)
-        return f"{client} got {message}"
-
-    router = Router({"r1": "r1", "r2": "r2"}, store, turn)
-    results = await asyncio.gather(*(router.send(f"u{n}", f"s{n}", "hi") for n in range(4)))
-    assert {runtime for runtime, _ in results} == {"r1", "r2"}, "least busy spreads the load"
-    assert all(client == holder for client, holder in holders), "the lease names the runtime"
-    assert [await store.lease_of(f"s{n}") for n in range(4)] == [None] * 4
-    with pytest.raises(NotYourSession):
-        await router.send("intruder", "s1", "hi")
-    hashed = Router({"r1": "r1", "r2": "r2"}, store, turn, strategy="hash")
+    router = Router({"r1": "r1", "r2": "r2"}, store, never)
+    router.busy["r1"] += 1
+    assert router.pick("any") == "r2", "least busy first"
+    hashed = Router({"r1": "r1", "r2": "r2"}, store, never, strategy="hash")
     assert len({hashed.pick("same") for _ in range(5)}) == 1
     with pytest.raises(ValueError, match="not one of"):
-        Router({"r1": "r1"}, store, turn, strategy="random")
+        Router({"r1": "r1"}, store, never, strategy="random")
 
 
 @pytest.mark.postgres
@@ -194,7 +249,7 @@ async def test_a_missing_table_on_postgresql_is_created_on_first_use(
         conn.execute("CREATE SCHEMA fresh_one")
     store = await open_store(tmp_path, postgres_url, schema="fresh_one")
     try:
-        await store.write("s", "A", "/f", "x", "file")
+        await store.write("s", "/f", "x", "file")
         assert len(await store.rows()) == 1
     finally:
         store.drop_schema()  # type: ignore[attr-defined]
@@ -220,12 +275,21 @@ def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
     raise AssertionError("the server still accepts connections after stop()")
 
 
-def test_postgres_binaries_are_found_or_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_postgres_binaries_are_found_or_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import pg_server
 
     monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
-    found = pg_server.find_bin_dir()
-    assert found is None or (found / "initdb").is_file(), "the Debian layout is searched too"
+    monkeypatch.setattr(pg_server, "DEBIAN_ROOT", tmp_path)
+    assert pg_server.find_bin_dir() is None, "nothing on PATH, nothing installed"
+    for version, binaries in [("9", ("initdb", "postgres")), ("16", ("initdb", "postgres"))]:
+        (tmp_path / version / "bin").mkdir(parents=True)
+        for name in binaries:
+            (tmp_path / version / "bin" / name).touch()
+    (tmp_path / "17" / "bin").mkdir(parents=True)
+    (tmp_path / "17" / "bin" / "initdb").touch()  # a half-installed newer one has no server
+    assert pg_server.find_bin_dir() == tmp_path / "16" / "bin", "the newest complete Debian one"
     monkeypatch.setattr(pg_server, "find_bin_dir", lambda: None)
     with pytest.raises(pg_server.PostgresNotFound, match="apt-get install postgresql"):
         pg_server.start_postgres()

@@ -1,4 +1,5 @@
-"""Unit tests for the stand-in: both wire forms, tools, memory from the request only, bad input."""
+"""Unit tests for the stand-in (prompts read, replies composed, HTTP served): both wire forms,
+tools, memory from the request only, bad input."""
 
 from __future__ import annotations
 
@@ -9,13 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers.model.standin import (
-    MODEL_ID,
-    StandInModel,
-    compose_reply,
-    parse_file_tasks,
-    unwrap_user_text,
-)
+from helpers.model.prompts import parse_file_tasks, unwrap_user_text
+from helpers.model.replies import compose_reply
+from helpers.model.standin import MODEL_ID, StandInModel
 
 WRITE = {
     "type": "function",

@@ -119,7 +119,7 @@ class Machine(RuleBasedStateMachine):
         )
         self.loop.run_until_complete(self.store.execute("DELETE FROM session_files"))
         self.loop.run_until_complete(self.store.execute("DELETE FROM session_file_parts"))
-        self.ours, self.real = StoreFs(self.store, "s", "A"), DirFs(self.tmp / "real")
+        self.ours, self.real = StoreFs(self.store, "s"), DirFs(self.tmp / "real")
 
     def same(self, name: str, *args: object) -> None:
         mine = outcome(getattr(self.ours, name)(*args))

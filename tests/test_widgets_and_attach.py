@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from copilot import CopilotClient
 
 from helpers.notebook.widgets import Answer, ChatPanel
 from helpers.runtime.server import attach_server
@@ -78,7 +77,7 @@ async def test_attach_by_url_with_the_token_from_the_environment(
     monkeypatch.setenv("COPILOT_CONNECTION_TOKEN", server.token)
     attached = attach_server(server.url)
     assert not attached.owned and attached.token == server.token
-    async with CopilotClient(mode="empty", connection=attached.connection()) as client:
+    async with attached.connect() as client:
         session = await client.create_session(**session_kwargs)
         reply = await session.send_and_wait("Hello there.", timeout=60)
         await session.disconnect()

@@ -35,6 +35,15 @@ class Backend:
     secret_values: list[str] = field(default_factory=list, repr=False)
     standin: StandInModel | None = field(default=None, repr=False)
 
+    @property
+    def records_requests(self) -> bool:
+        """True when this backend records what the model receives (the local stand-in only).
+
+        The checks of what the model was sent run only then; on ``github`` and ``byok`` the
+        request never passes through code of ours, so there is nothing to look at.
+        """
+        return self.standin is not None
+
     def session_kwargs(self) -> dict[str, Any]:
         """The ``model=``/``provider=`` arguments every create and resume must carry."""
         kwargs: dict[str, Any] = {}

@@ -1,42 +1,46 @@
-"""Plain-text display helpers: they print, so every output also reads well headless."""
+"""Plain-text display helpers: they print, so every output also reads well headless.
+
+This is what the notebooks import as ``show``. It also hands on, unchanged, what the notebooks
+reach through ``show`` but belongs to another job: reading a reply (``sdk_replies``), redacting
+secrets (``redaction``), what a run left on disk (``probes``), timing laps (``request_timing``) and
+the SDK's log format (``sdk_logging``).
+"""
 
 from __future__ import annotations
 
 import inspect
-import logging
 import textwrap
-import time
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from helpers.errors import NoReply
 from helpers.events import parse_events
 from helpers.model.standin import RequestRecord, StandInModel
+from helpers.notebook.probes import file_contains, session_leftovers
+from helpers.notebook.redaction import redacted
+from helpers.notebook.request_timing import Stopwatch
+from helpers.notebook.sdk_logging import tidy_sdk_logging
+from helpers.notebook.sdk_replies import text_of
 from helpers.run import relative
 
+__all__ = [  # what show.* offers, defined here or in the module named above
+    "Stopwatch",
+    "events",
+    "file_contains",
+    "log_mark",
+    "model_requests",
+    "redacted",
+    "reply",
+    "session_leftovers",
+    "session_options",
+    "short",
+    "source",
+    "table",
+    "text_of",
+    "tidy_sdk_logging",
+    "tree",
+]
+
 _SKIP_DIRS = {"installed-plugins", "logs"}
-
-
-class _OneLine(logging.Formatter):
-    """Format SDK log records as one line, without the traceback."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"[sdk {record.levelname.lower()}] {record.getMessage()}"
-
-    def formatException(self, ei: object) -> str:  # noqa: N802 - logging API
-        return ""
-
-
-def tidy_sdk_logging() -> None:
-    """Show the SDK's own error logs as one line each instead of full tracebacks."""
-    logger = logging.getLogger("copilot")
-    if not any(isinstance(h.formatter, _OneLine) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(_OneLine())
-        handler.setLevel(logging.ERROR)
-        logger.addHandler(handler)
-        logger.propagate = False
 
 
 def short(text: str | None, width: int = 100) -> str:
@@ -44,32 +48,6 @@ def short(text: str | None, width: int = 100) -> str:
     return (
         textwrap.shorten(" ".join((text or "").split()), width=width, placeholder=" …") or "(empty)"
     )
-
-
-def text_of(event: object) -> str:
-    """The text of what ``send_and_wait`` returned; raise ``NoReply`` when it returned ``None``.
-
-    ``send_and_wait`` returns ``None`` when the session went idle without an assistant message
-    (for example a model that answered with nothing). Every cell reads replies through here.
-    """
-    if event is None:
-        raise NoReply("the turn ended without a reply from the model (send_and_wait returned None)")
-    return getattr(event.data, "content", None) or ""
-
-
-_SECRET_KEYS = ("api_key", "apikey", "token", "bearer", "password", "secret", "authorization")
-
-
-def redacted(value: object) -> object:
-    """A copy of ``value`` (dicts and lists, nested) with secret-looking keys' values as ``***``."""
-    if isinstance(value, dict):
-        return {
-            k: "***" if any(s in str(k).lower() for s in _SECRET_KEYS) and v else redacted(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redacted(v) for v in value]
-    return value
 
 
 def session_options(options: dict[str, object]) -> None:
@@ -82,14 +60,6 @@ def source(obj: object) -> None:
     """Print the source code of a function or class, with where it is defined."""
     print(f"# {relative(Path(inspect.getsourcefile(obj) or '?'))}")  # type: ignore[arg-type]
     print(inspect.getsource(obj).rstrip())
-
-
-def session_leftovers(home: Path | None) -> list[str]:
-    """Every file a runtime home's ``session-state`` holds, dot-folders included."""
-    if home is None or not (Path(home) / "session-state").exists():
-        return []
-    state = Path(home) / "session-state"
-    return sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file())
 
 
 def reply(label: str, text: str | None) -> None:
@@ -157,23 +127,9 @@ def model_requests(model: StandInModel | None, since: int) -> list[RequestRecord
         )
         for index, text in enumerate(record.user_messages, 1):
             print(f"    user[{index}]: {short(text, 80)}")
+        for text in record.tool_results:
+            print(f"    tool result: {short(text, 76)}")
     return records
-
-
-def file_contains(root: Path, *needles: str) -> list[str]:
-    """Files under ``root`` whose text holds any of ``needles`` (case-insensitive, NFC, any script).
-
-    Files are read as UTF-8 (undecodable bytes kept as U+FFFD), so ``Émeraude`` is found in a
-    file that says ``ÉMERAUDE``, as ``AURORA`` is in one that says ``aurora``.
-    """
-    hits = []
-    wanted = [unicodedata.normalize("NFC", needle).casefold() for needle in needles if needle]
-    for path in Path(root).rglob("*"):
-        if path.is_file():
-            text = unicodedata.normalize("NFC", path.read_bytes().decode("utf-8", "replace"))
-            if any(needle in text.casefold() for needle in wanted):
-                hits.append(relative(path))
-    return hits
 
 
 def table(rows: list[dict[str, object]]) -> None:
@@ -188,24 +144,3 @@ def table(rows: list[dict[str, object]]) -> None:
     print("  ".join("-" * w for w in widths))
     for c in cells:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
-
-
-class Stopwatch:
-    """Named laps in milliseconds: ``with clock.lap("create"): ...``."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-
-    def lap(self, name: str) -> _Lap:
-        return _Lap(self, name)
-
-
-class _Lap:
-    def __init__(self, clock: Stopwatch, name: str) -> None:
-        self._clock, self._name = clock, name
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._clock.ms[self._name] = (time.perf_counter() - self._start) * 1000

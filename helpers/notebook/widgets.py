@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import html
+import inspect
 import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ class Answer:
         )
 
 
-AskFn = Callable[[str, str], Awaitable[Answer]]
+AskFn = Callable[..., Awaitable[Answer]]  # ask(user, message), or ask(user, message, on_delta)
 
 
 class ChatPanel:
@@ -42,6 +44,10 @@ class ChatPanel:
     The SDK client belongs to the event loop of the cell that created the panel. JupyterLab (4.6,
     with ipykernel 7) delivers button clicks on a kernel subshell thread with a loop of its own,
     so a click hands its request to the panel's loop instead of running it where it arrives.
+
+    An ``ask`` that takes an ``on_delta`` argument streams: it calls ``on_delta(text)`` with each
+    piece of the reply as the model writes it, and the panel shows the reply growing (in the live
+    widget, and in the text form of a send from a cell) until the whole answer replaces it.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class ChatPanel:
         extra: Callable[[str], str] | None = None,
     ) -> None:
         self._ask = ask
+        self._streams = "on_delta" in inspect.signature(ask).parameters
         self._extra = extra
         self._loop = _running_loop()
         self.transcript: list[str] = []
@@ -61,9 +68,12 @@ class ChatPanel:
         )
         self.button = w.Button(description="Send", button_style="primary")
         self.output = w.Output()
+        self.live = w.HTML()  # the reply while it streams
         self.pending: asyncio.Future[Answer | None] | concurrent.futures.Future | None = None
         self.button.on_click(self._on_click)
-        self.box = w.VBox([w.HBox([*self._pickers(), self.message, self.button]), self.output])
+        self.box = w.VBox(
+            [w.HBox([*self._pickers(), self.message, self.button]), self.output, self.live]
+        )
         self._handle = None
 
     def _pickers(self) -> list[w.Widget]:
@@ -82,12 +92,24 @@ class ChatPanel:
         return await self._send(user, message, from_cell=True)
 
     async def _send(self, user: str, message: str, from_cell: bool) -> Answer | None:
+        pieces: list[str] = []
+
+        def on_delta(piece: str) -> None:
+            pieces.append(piece)
+            partial = f"User {user} asked: {message}\n  writing: {''.join(pieces)}"
+            self.live.value = f"<pre>{html.escape(partial)}</pre>"
+            if from_cell and self._handle is not None:
+                self._handle.update(self._bundle(partial), raw=True)
+
         try:
-            answer = await self._ask(user, message)
+            options = {"on_delta": on_delta} if self._streams else {}
+            answer = await self._ask(user, message, **options)
         except Exception as exc:  # shown to the learner, the panel stays usable
             text = f"User {user}: the request failed: {type(exc).__name__}: {exc}"
             self._show(text, user, from_cell)
             return None
+        finally:
+            self.live.value = ""
         text = answer.as_text()
         if self._extra is not None:
             text += "\n" + self._extra(user)
@@ -107,9 +129,10 @@ class ChatPanel:
         if from_cell and self._handle is not None:
             self._handle.update(self._bundle(), raw=True)
 
-    def _bundle(self) -> dict[str, object]:
+    def _bundle(self, partial: str = "") -> dict[str, object]:
+        lines = [*self.transcript, partial] if partial else self.transcript
         return {
-            "text/plain": "\n".join(self.transcript) or FALLBACK,
+            "text/plain": "\n".join(lines) or FALLBACK,
             "application/vnd.jupyter.widget-view+json": {
                 "version_major": 2,
                 "version_minor": 0,

@@ -1,4 +1,5 @@
-"""Find the Copilot runtime and run it as one shared, headless TCP server."""
+"""Run the Copilot runtime as one shared, headless TCP server: start it under its guard, attach to
+one by URL, connect clients, stop it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import re
 import secrets
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers.errors import RuntimeNotFound, RuntimeStartError
+from helpers.errors import RuntimeStartError
 from helpers.run import LOGS, REPO_ROOT, TMP, relative, writable_dir
+from helpers.runtime.binary import find_runtime
+from helpers.runtime.logs import log_tail, redact
 
 if TYPE_CHECKING:
     from copilot import CopilotClient
@@ -29,89 +31,6 @@ STOP_TIMEOUT_S = 10.0
 _PORT_LINE = re.compile(r"listening on port (\d+)")
 GUARD = Path(__file__).with_name("guard.py")
 _OUR_ENV_NAMES = {"COPILOT_HOME", "COPILOT_CONNECTION_TOKEN"}
-
-
-def find_runtime() -> Path:
-    """Locate the runtime: ``COPILOT_CLI_PATH``, then ``node_modules``, then ``copilot`` on PATH.
-
-    Returns:
-        The path of an executable Copilot runtime.
-
-    Raises:
-        RuntimeNotFound: naming the three ways to provide one.
-    """
-    explicit = os.environ.get("COPILOT_CLI_PATH")
-    if explicit:
-        path = Path(explicit).expanduser()
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-        raise RuntimeNotFound(
-            f"COPILOT_CLI_PATH is set to {explicit!r}, which is not an executable file."
-        )
-    for candidate in _node_modules_candidates():
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    on_path = shutil.which("copilot")
-    if on_path:
-        return Path(on_path)
-    raise RuntimeNotFound(
-        "No Copilot runtime found. Run `npm ci` in the repository root "
-        "(./verify.sh does it for you), "
-        "or set COPILOT_CLI_PATH to a `copilot` binary, or put `copilot` on your PATH."
-    )
-
-
-def _node_modules_candidates() -> list[Path]:
-    """The native binary npm installs for this platform, then npm's own launcher."""
-    from copilot._cli_version import get_cli_binary_name, get_runtime_platform
-
-    base = REPO_ROOT / "node_modules" / "@github"
-    found = []
-    try:
-        found.append(base / f"copilot-{get_runtime_platform()}" / get_cli_binary_name())
-    except RuntimeError:
-        pass
-    found.append(REPO_ROOT / "node_modules" / ".bin" / "copilot")
-    return found
-
-
-def runtime_version(path: Path | None = None, timeout: float = 30.0) -> str:
-    """Return the version the runtime reports with ``--version`` (e.g. ``"1.0.102"``)."""
-    path = path or find_runtime()
-    out = subprocess.run(
-        [str(path), "--version"], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    match = re.search(r"(\d+\.\d+\.\d+(?:-[\w.]+)?)", out.stdout + out.stderr)
-    if not match:
-        raise RuntimeError(
-            f"could not read a version from `{path} --version`: {out.stdout or out.stderr!r}"
-        )
-    return match.group(1)
-
-
-def expected_runtime_version() -> str | None:
-    """The runtime version this SDK release was built against."""
-    from copilot._cli_version import CLI_VERSION
-
-    return CLI_VERSION
-
-
-def redact(text: str, secret_values: list[str]) -> str:
-    """Replace every secret value in ``text`` with ``***``."""
-    for value in secret_values:
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def log_tail(path: Path, lines: int = 20, secret_values: list[str] | None = None) -> str:
-    """The last lines of a log file, with secrets redacted."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log written)"
-    tail = "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
-    return redact(tail, secret_values or [])
 
 
 @dataclass
@@ -348,7 +267,7 @@ def stop_guard(
     """Close the guard's stdin so it stops its server; kill it if it takes longer than ``grace``.
 
     ``pid``, when given, is the server's process group, killed afterwards in case it outlived the
-    guard. Used for every server started under ``_guard.py`` (the runtime, PostgreSQL).
+    guard. Used for every server started under ``guard.py`` (the runtime, PostgreSQL).
     """
     if guard is None:
         return

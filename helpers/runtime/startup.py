@@ -5,13 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.model.backends import Backend
-from helpers.runtime.server import (
-    RuntimeServer,
-    attach_server,
-    expected_runtime_version,
-    runtime_version,
-    start_server,
-)
+from helpers.runtime.binary import expected_runtime_version, runtime_version
+from helpers.runtime.server import RuntimeServer, attach_server, start_server
 
 
 def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None) -> RuntimeServer:

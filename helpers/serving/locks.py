@@ -1,4 +1,9 @@
-"""One turn at a time per session, different sessions in parallel: a lock per session id."""
+"""One turn at a time per session, different sessions in parallel: a lock per session id.
+
+Within one client (one runtime), a second ``resume_session`` of an id replaces the first
+request's registration; holding the session's lock from before the resume until after the
+disconnect keeps one request per session on that client.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,10 @@ class SessionLocks:
     async def turn(self, session_id: str, timeout: float) -> AsyncIterator[None]:
         """Hold ``session_id``'s lock for one turn; wait at most ``timeout`` seconds for it."""
         lock = self.lock(session_id)
-        await asyncio.wait_for(lock.acquire(), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can time out after the lock was
+        # acquired and lose it (held for ever); a cancelled Lock.acquire passes the lock on.
+        async with asyncio.timeout(timeout):
+            await lock.acquire()
         try:
             yield
         finally:

@@ -3,6 +3,9 @@
 The runtime has no idea of users: any client that knows a session id can resume or delete it.
 The application makes the ids (``user-<id>-<random hex>``, unguessable), records the owner of each
 one here, and checks every resume and delete against it *before* it reaches the runtime.
+
+The rule itself (``new_session_id``, ``SESSIONS_TABLE``, ``refusal``) is shared with the session
+store of notebook 04 (``helpers.store``), which keeps the same table next to the session's files.
 """
 
 from __future__ import annotations
@@ -22,6 +25,31 @@ from helpers.errors import NotYourSession
 
 _USER = re.compile(r"[a-z0-9]{1,32}")
 
+# One ownership record per session, made when the application creates the session, before any turn.
+SESSIONS_TABLE = """CREATE TABLE IF NOT EXISTS sessions (
+        session_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created DOUBLE PRECISION NOT NULL)"""
+
+
+def new_session_id(user: str) -> str:
+    """An unguessable id for a new session of ``user``: ``user-<name>-<16 random hex digits>``."""
+    name = user.lower()
+    if not _USER.fullmatch(name):
+        raise ValueError(f"user {user!r}: use 1 to 32 letters or digits")
+    return f"user-{name}-{secrets.token_hex(8)}"
+
+
+def refusal(user: str, session_id: str) -> NotYourSession:
+    """The one refusal, the same for an unknown id and for another user's id.
+
+    It never tells a caller that some other user's session exists.
+    """
+    return NotYourSession(
+        f"session {session_id!r} is not one of User {user}'s sessions: refused, "
+        "nothing was read, changed or deleted"
+    )
+
 
 class SessionRegistry:
     """Session id -> owner, kept in one SQLite file (one table, one row per session)."""
@@ -30,17 +58,11 @@ class SessionRegistry:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS sessions ("
-            " session_id TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL)"
-        )
+        self._db.execute(SESSIONS_TABLE)
 
     def new_id(self, user: str) -> str:
         """Make an unguessable id for a new session of ``user`` and record the owner."""
-        name = user.lower()
-        if not _USER.fullmatch(name):
-            raise ValueError(f"user {user!r}: use 1 to 32 letters or digits")
-        session_id = f"user-{name}-{secrets.token_hex(8)}"
+        session_id = new_session_id(user)
         with self._lock:
             self._db.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?)", (session_id, user, time.time())
@@ -62,10 +84,7 @@ class SessionRegistry:
         tells a caller that some other user's session exists.
         """
         if self.owner(session_id) != user:
-            raise NotYourSession(
-                f"session {session_id!r} is not one of User {user}'s sessions: refused, "
-                "nothing was read, changed or deleted"
-            )
+            raise refusal(user, session_id)
 
     def sessions_of(self, user: str) -> list[str]:
         """The ids ``user`` owns, oldest first."""

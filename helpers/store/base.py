@@ -1,4 +1,5 @@
-"""The session store's interface: session files as rows, and leases, over one SQL dialect.
+"""The session store's interface over one SQL dialect: who owns each session (one row per
+session, made by the application before any turn), the session's files as rows, and leases.
 
 A file's content is kept as the parts it was written and appended in (``session_file_parts``, in
 ``seq`` order, read back concatenated), so an append to ``events.jsonl`` costs the appended
@@ -14,16 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from helpers.errors import NotYourSession
+from helpers.serving.registry import SESSIONS_TABLE, new_session_id, refusal
 
 TABLES = (
+    SESSIONS_TABLE,
     """CREATE TABLE IF NOT EXISTS session_files (
         session_id TEXT NOT NULL,
         path TEXT NOT NULL,
         kind TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         modified_at DOUBLE PRECISION NOT NULL,
-        user_id TEXT NOT NULL,
         PRIMARY KEY (session_id, path))""",
     """CREATE TABLE IF NOT EXISTS session_file_parts (
         session_id TEXT NOT NULL,
@@ -49,13 +50,12 @@ class Row:
     kind: str
     created_at: float
     modified_at: float
-    user_id: str
 
 
-_COLUMNS = "session_id, path, kind, created_at, modified_at, user_id"
+_COLUMNS = "session_id, path, kind, created_at, modified_at"
 # A file's row with its parts in order (one result row per part; a folder has none).
 _WITH_PARTS = (
-    "SELECT f.session_id, f.path, f.kind, f.created_at, f.modified_at, f.user_id, p.content "
+    "SELECT f.session_id, f.path, f.kind, f.created_at, f.modified_at, p.content "
     "FROM session_files f LEFT JOIN session_file_parts p "
     "ON p.session_id = f.session_id AND p.path = f.path"
 )
@@ -71,9 +71,9 @@ def _assemble(rows: list[tuple], decode: Callable[[str], str]) -> list[Row]:
     """Rows of ``_WITH_PARTS`` (ordered by session, path, seq) as one ``Row`` per file."""
     out: list[Row] = []
     parts: list[list[str]] = []
-    for session_id, path, kind, created, modified, user, part in rows:
+    for session_id, path, kind, created, modified, part in rows:
         if not out or (out[-1].session_id, out[-1].path) != (session_id, path):
-            out.append(Row(session_id, path, "", kind, created, modified, user))
+            out.append(Row(session_id, path, "", kind, created, modified))
             parts.append([])
         if part:
             parts[-1].append(decode(part))
@@ -91,18 +91,6 @@ class SessionStore(abc.ABC):
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
         """Run one statement; return its rows and the number of rows it changed."""
 
-    def encode(self, text: str) -> str:
-        """Content as the engine stores it (PostgreSQL text cannot hold NUL: it escapes it)."""
-        return text
-
-    def decode(self, text: str) -> str:
-        """The inverse of ``encode``."""
-        return text
-
-    async def atomic(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
-        """Run the statements as one transaction; return how many rows each changed."""
-        return [(await self.execute(sql, args))[1] for sql, args in statements]
-
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection."""
@@ -115,6 +103,14 @@ class SessionStore(abc.ABC):
         """Create the tables if they are missing (safe to call again)."""
         for sql in TABLES:
             await self.execute(sql)
+
+    def encode(self, text: str) -> str:
+        """Content as the engine stores it (PostgreSQL text cannot hold NUL: it escapes it)."""
+        return text
+
+    def decode(self, text: str) -> str:
+        """The inverse of ``encode``."""
+        return text
 
     async def read(self, session_id: str, path: str, content: bool = True) -> Row | None:
         """The row of ``path`` in the session, its parts joined, or ``None``.
@@ -145,13 +141,13 @@ class SessionStore(abc.ABC):
         return dict(rows)
 
     def _folders(
-        self, session_id: str, user: str, folders: list[str], now: float
+        self, session_id: str, folders: list[str], now: float
     ) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
-                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, 'directory', ?, ?, ?) "
+                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, 'directory', ?, ?) "
                 "ON CONFLICT (session_id, path) DO NOTHING",
-                (session_id, folder, now, now, user),
+                (session_id, folder, now, now),
             )
             for folder in folders
         ]
@@ -159,7 +155,6 @@ class SessionStore(abc.ABC):
     async def write(
         self,
         session_id: str,
-        user: str,
         path: str,
         content: str,
         kind: str,
@@ -170,12 +165,12 @@ class SessionStore(abc.ABC):
         ``folders`` (the missing parents) are created first, in the same transaction.
         """
         now = time.time()
-        statements = self._folders(session_id, user, list(folders), now) + [
+        statements = self._folders(session_id, list(folders), now) + [
             (
-                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (session_id, path) DO UPDATE SET "
                 "kind = excluded.kind, modified_at = excluded.modified_at",
-                (session_id, path, kind, now, now, user),
+                (session_id, path, kind, now, now),
             ),
             (
                 "DELETE FROM session_file_parts WHERE session_id = ? AND path = ?",
@@ -190,23 +185,22 @@ class SessionStore(abc.ABC):
                     (session_id, path, self.encode(content), len(content.encode())),
                 )
             )
-        await self.atomic(statements)
+        await self.transaction(statements)
 
     async def append(
         self,
         session_id: str,
-        user: str,
         path: str,
         content: str,
         folders: list[str] = (),  # type: ignore[assignment]
     ) -> None:
         """Append one part to a file (created when missing): the cost is the part, not the file."""
         now = time.time()
-        statements = self._folders(session_id, user, list(folders), now) + [
+        statements = self._folders(session_id, list(folders), now) + [
             (
-                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, 'file', ?, ?, ?) "
+                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, 'file', ?, ?) "
                 "ON CONFLICT (session_id, path) DO UPDATE SET modified_at = excluded.modified_at",
-                (session_id, path, now, now, user),
+                (session_id, path, now, now),
             )
         ]
         if content:
@@ -214,7 +208,7 @@ class SessionStore(abc.ABC):
             statements.append(
                 (_NEXT_PART, (session_id, path, self.encode(content), size, session_id, path))
             )
-        await self.atomic(statements)
+        await self.transaction(statements)
 
     async def size(self, session_id: str, path: str) -> int:
         """The file's size in UTF-8 bytes, summed over its parts (no content is sent)."""
@@ -266,7 +260,7 @@ class SessionStore(abc.ABC):
                         (session_id, len(prefix), prefix),
                     )
                 )
-        changed = await self.atomic(statements)
+        changed = await self.transaction(statements)
         return sum(changed[len(changed) // 2 :])  # the rows of session_files
 
     async def move(self, session_id: str, src: str, dest: str) -> None:
@@ -286,58 +280,101 @@ class SessionStore(abc.ABC):
                     (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
                 ),
             ]
-        await self.atomic(statements)
+        await self.transaction(statements)
+
+    # Ownership: one row per session in ``sessions``, written before the session's first turn.
+
+    async def new_id(self, user: str) -> str:
+        """Make an unguessable id for a new session of ``user`` and record the owner, atomically.
+
+        The row exists before the runtime hears of the id, so no turn can run on an id that has no
+        owner, and nobody can claim an id by sending to it first.
+        """
+        session_id = new_session_id(user)
+        await self.execute(
+            "INSERT INTO sessions (session_id, owner, created) VALUES (?, ?, ?)",
+            (session_id, user, time.time()),
+        )
+        return session_id
 
     async def owner(self, session_id: str) -> str | None:
-        """The user whose rows hold this session, or ``None`` for an unknown id."""
+        """The user who owns ``session_id``, or ``None`` when the application never made it."""
         rows, _ = await self.execute(
-            "SELECT user_id FROM session_files WHERE session_id = ? LIMIT 1", (session_id,)
+            "SELECT owner FROM sessions WHERE session_id = ?", (session_id,)
         )
         return rows[0][0] if rows else None
 
     async def check_owner(self, user: str, session_id: str) -> None:
-        """Raise ``NotYourSession`` when the session exists and belongs to someone else."""
-        owner = await self.owner(session_id)
-        if owner is not None and owner != user:
-            raise NotYourSession(f"session {session_id!r} is not a session of user {user!r}")
+        """Raise ``NotYourSession`` unless ``user`` owns ``session_id``.
+
+        An unknown id and another user's id get the same message, and nothing is written.
+        """
+        if await self.owner(session_id) != user:
+            raise refusal(user, session_id)
+
+    async def sessions_of(self, user: str) -> list[str]:
+        """The ids ``user`` owns, oldest first."""
+        rows, _ = await self.execute(
+            "SELECT session_id FROM sessions WHERE owner = ? ORDER BY created, session_id", (user,)
+        )
+        return [r[0] for r in rows]
+
+    async def started(self, session_id: str) -> bool:
+        """True once the runtime has written any file of the session (so: resume, not create)."""
+        return await self.has_under(session_id, "/")
 
     async def rows(self, user: str | None = None, session_id: str | None = None) -> list[Row]:
-        """All rows, or those of one user and/or one session."""
+        """All file rows, or those of one user's sessions and/or one session."""
         where, args = ["1 = 1"], []
         if user is not None:
-            where, args = [*where, "user_id = ?"], [*args, user]
+            where, args = [*where, f"session_id IN ({_OWNED})"], [*args, user]
         if session_id is not None:
             where, args = [*where, "session_id = ?"], [*args, session_id]
-        where = [f"f.{w}" if w != "1 = 1" else w for w in where]
+        where = [w if w == "1 = 1" else f"f.{w}" for w in where]
         rows, _ = await self.execute(
             f"{_WITH_PARTS} WHERE {' AND '.join(where)} ORDER BY f.session_id, f.path, p.seq",
             tuple(args),
         )
         return _assemble(rows, self.decode)
 
+    # Tables keyed by session id whose rows go with their session (leases first, then files).
+    PER_SESSION_TABLES: tuple[str, ...] = ("session_leases", "session_file_parts", "session_files")
+
     async def delete_user(self, user: str) -> int:
-        """Delete every row (and lease) of the user's sessions; return the file rows deleted."""
-        await self.execute(
-            "DELETE FROM session_leases WHERE session_id IN "
-            "(SELECT session_id FROM session_files WHERE user_id = ?)",
-            (user,),
+        """Delete the user's sessions with every row that belongs to them, in one transaction.
+
+        One ``DELETE`` per table keyed by session id, then the ownership rows; all or nothing.
+        Returns the number of sessions deleted.
+        """
+        counts = await self.transaction(
+            [
+                *(
+                    (f"DELETE FROM {table} WHERE session_id IN ({_OWNED})", (user,))
+                    for table in self.PER_SESSION_TABLES
+                ),
+                ("DELETE FROM sessions WHERE owner = ?", (user,)),
+            ]
         )
-        await self.execute(
-            "DELETE FROM session_file_parts WHERE session_id IN "
-            "(SELECT session_id FROM session_files WHERE user_id = ?)",
-            (user,),
-        )
-        _, count = await self.execute("DELETE FROM session_files WHERE user_id = ?", (user,))
-        return count
+        return counts[-1]
+
+    @abc.abstractmethod
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Run ``statements`` in one transaction (all or none); return each one's changed rows."""
+
+    # Leases: one row per session naming the one request (a token) that may hold it open.
 
     async def try_lease(self, session_id: str, holder: str, ttl_s: float) -> bool:
-        """Take or renew the lease when it is free, expired or already ours; True if we hold it."""
+        """Take the lease for ``holder`` if it is free or expired, in one statement.
+
+        A lease that is held and unexpired is never taken, not even by the same holder: each
+        request brings its own token, so two requests can never both hold one session.
+        """
         now = time.time()
         _, changed = await self.execute(
             "INSERT INTO session_leases (session_id, holder, expires_at) VALUES (?, ?, ?) "
             "ON CONFLICT (session_id) DO UPDATE SET holder = excluded.holder, "
             "expires_at = excluded.expires_at "
-            "WHERE session_leases.expires_at < ? OR session_leases.holder = excluded.holder",
+            "WHERE session_leases.expires_at < ?",
             (session_id, holder, now + ttl_s, now),
         )
         return changed == 1
@@ -360,8 +397,11 @@ class SessionStore(abc.ABC):
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def drop_lease(self, session_id: str, holder: str) -> bool:
-        """Release the lease if ``holder`` holds it; True if it did."""
+        """Release the lease only if ``holder`` holds it; True if it did."""
         _, changed = await self.execute(
             "DELETE FROM session_leases WHERE session_id = ? AND holder = ?", (session_id, holder)
         )
         return changed == 1
+
+
+_OWNED = "SELECT session_id FROM sessions WHERE owner = ?"

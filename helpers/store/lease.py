@@ -1,27 +1,43 @@
-"""One holder per session at a time: a lease row with an expiry, in the session store."""
+"""One request per session at a time: a lease row with an expiry, held by one request's token.
+
+The holder is a fresh random token per request, never a runtime's name: two requests of one
+session on one runtime are two holders, and only one of them gets the lease. While the request
+runs, a heartbeat renews the lease every third of its TTL; a request whose lease could not be
+renewed is told at once (``Lease.lost``) and must stop its turn. A release frees the lease only if
+this token still holds it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from helpers.errors import LeaseBusy, LeaseExpired
 from helpers.store.base import SessionStore
 
 POLL_S = 0.02
+T = TypeVar("T")
+
+
+def request_token(label: str = "request") -> str:
+    """A holder name for one request: ``label`` (for people reading the table) + random hex."""
+    return f"{label}#{secrets.token_hex(6)}"
 
 
 @dataclass
 class Lease:
-    """The right of ``holder`` (a runtime) to keep ``session_id`` open, until ``ttl_s`` passes."""
+    """One request's right to have ``session_id`` open on a runtime, renewed while it runs."""
 
     store: SessionStore
     session_id: str
-    holder: str
     ttl_s: float = 30.0
+    holder: str = field(default_factory=request_token)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def acquire(self, wait_s: float = 0.0) -> Lease:
         """Take the lease, waiting up to ``wait_s`` for the holder; else raise ``LeaseBusy``."""
@@ -29,7 +45,7 @@ class Lease:
         while not await self.store.try_lease(self.session_id, self.holder, self.ttl_s):
             if time.monotonic() >= deadline:
                 current = await self.store.lease_of(self.session_id)
-                who = current[0] if current else "another holder"
+                who = current[0] if current else "another request"
                 raise LeaseBusy(
                     f"session {self.session_id!r} is held by {who}; {self.holder} waited "
                     f"{wait_s:.1f} s and gave up"
@@ -38,34 +54,80 @@ class Lease:
         return self
 
     async def check(self) -> None:
-        """Raise ``LeaseExpired`` unless we still hold an unexpired lease."""
+        """Raise ``LeaseExpired`` unless this token still holds an unexpired lease."""
         current = await self.store.lease_of(self.session_id)
-        if current is None or current[0] != self.holder or current[1] < time.time():
-            taken = current is not None and current[0] != self.holder
-            now_held = f", now held by {current[0]}" if taken else ""  # type: ignore[index]
-            raise LeaseExpired(
-                f"the lease of {self.holder} on session {self.session_id!r} expired before the "
-                f"turn ended (ttl {self.ttl_s} s){now_held}: do not trust this turn's history"
-            )
+        if self.lost.is_set() or current is None or current[0] != self.holder:
+            self._expired(current)
+        if current[1] < time.time():  # type: ignore[index]
+            self._expired(current)
+
+    def _expired(self, current: tuple[str, float] | None) -> None:
+        self.lost.set()
+        taken = current is not None and current[0] != self.holder
+        now_held = f", now held by {current[0]}" if taken else ""  # type: ignore[index]
+        raise LeaseExpired(
+            f"the lease of {self.holder} on session {self.session_id!r} ran out before the "
+            f"request ended (ttl {self.ttl_s} s){now_held}: its turn was stopped, do not trust it"
+        )
 
     async def renew(self) -> None:
-        """Push the expiry ``ttl_s`` ahead; raise ``LeaseExpired`` if someone took it meanwhile."""
+        """Push the expiry ``ttl_s`` ahead; raise ``LeaseExpired`` if it ran out or was taken."""
         if not await self.store.extend_lease(self.session_id, self.holder, self.ttl_s):
-            await self.check()  # raises LeaseExpired, naming who holds it now
+            self._expired(await self.store.lease_of(self.session_id))
+
+    async def heartbeat(self) -> None:
+        """Renew every ``ttl_s / 3`` until cancelled; on a failed renewal set ``lost`` and stop."""
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await self.renew()
+            except LeaseExpired:
+                return
+            except Exception:  # the database failed us: we cannot prove we still hold it
+                self.lost.set()
+                return
+
+    async def guard(self, work: Awaitable[T]) -> T:
+        """Await ``work``, but cancel it and raise ``LeaseExpired`` as soon as the lease is lost."""
+        task = asyncio.ensure_future(work)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled() or not task.done():
+            await self.check()  # raises LeaseExpired
+        return task.result()
 
     async def release(self) -> bool:
-        """Give the lease back; True if we still held it."""
+        """Give the lease back if this token still holds it; True if it did."""
         return await self.store.drop_lease(self.session_id, self.holder)
 
 
 @contextlib.asynccontextmanager
 async def held(
-    store: SessionStore, session_id: str, holder: str, ttl_s: float = 30.0, wait_s: float = 0.0
+    store: SessionStore,
+    session_id: str,
+    ttl_s: float = 30.0,
+    wait_s: float = 0.0,
+    label: str = "request",
 ) -> AsyncIterator[Lease]:
-    """Hold the session's lease for the block; check it did not expire; always release it."""
-    lease = await Lease(store, session_id, holder, ttl_s).acquire(wait_s)
+    """Hold a new lease on ``session_id`` for the block, renewed by a heartbeat.
+
+    On leaving, raise ``LeaseExpired`` if the lease was lost meanwhile (the block's work must not
+    be reported as done), and release it: only this request's token, never another's.
+    """
+    lease = await Lease(store, session_id, ttl_s, request_token(label)).acquire(wait_s)
+    beating = asyncio.ensure_future(lease.heartbeat())
     try:
         yield lease
         await lease.check()
     finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
         await lease.release()

@@ -57,13 +57,13 @@ class PostgresStore(SessionStore):
             return text
         return text.replace(_ESC + "\ue002", "\x00").replace(_ESC + "\ue001", _ESC)
 
-    async def atomic(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         async with self._lock, self._conn.transaction():
-            changed = []
+            counts = []
             for sql, args in statements:
                 cursor = await self._conn.execute(sql.replace("?", "%s"), args)
-                changed.append(cursor.rowcount)
-            return changed
+                counts.append(cursor.rowcount)
+            return counts
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -58,9 +58,9 @@ class StoreFs(SessionFsProvider):
     """
 
     def __init__(
-        self, store: SessionStore, session_id: str, user: str, calls: Counter[str] | None = None
+        self, store: SessionStore, session_id: str, calls: Counter[str] | None = None
     ) -> None:
-        self.store, self.session_id, self.user = store, session_id, user
+        self.store, self.session_id = store, session_id
         self.calls: Counter[str] = calls if calls is not None else Counter()
 
     def _count(self, name: str, path: str) -> str:
@@ -95,9 +95,9 @@ class StoreFs(SessionFsProvider):
             raise _fail(errno.EISDIR, path)
         missing = [folder for folder in above if folder not in kinds]
         if append:
-            await self.store.append(self.session_id, self.user, path, content, missing)
+            await self.store.append(self.session_id, path, content, missing)
         else:
-            await self.store.write(self.session_id, self.user, path, content, "file", missing)
+            await self.store.write(self.session_id, path, content, "file", missing)
 
     async def read_file(self, path: str) -> str:
         path = self._count("read_file", path)
@@ -151,7 +151,7 @@ class StoreFs(SessionFsProvider):
         missing = [folder for folder in above if folder not in kinds]
         if missing and not recursive:
             raise _missing(path)
-        await self.store.write(self.session_id, self.user, path, "", "directory", missing)
+        await self.store.write(self.session_id, path, "", "directory", missing)
 
     async def _entries(self, path: str) -> dict[str, str]:
         if path != "/":
@@ -214,11 +214,13 @@ class StoreFs(SessionFsProvider):
         await self.store.move(self.session_id, src, dest)
 
 
-def store_fs(
-    store: SessionStore, user: str, calls: Counter[str] | None = None
-) -> Callable[[Any], StoreFs]:
-    """The ``create_session_fs_handler=`` factory: each session's files go to ``store``."""
-    return lambda session: StoreFs(store, session.session_id, user, calls)
+def store_fs(store: SessionStore, calls: Counter[str] | None = None) -> Callable[[Any], StoreFs]:
+    """The ``create_session_fs_handler=`` factory: each session's files go to ``store``.
+
+    Who owns the session is recorded once, in the store's ``sessions`` table, when the application
+    makes the id (``store.new_id``); the file rows carry only the session id.
+    """
+    return lambda session: StoreFs(store, session.session_id, calls)
 
 
 EVENTS = "/session-state/events.jsonl"

@@ -27,15 +27,16 @@ class SqliteStore(SessionStore):
         cursor = self._db.execute(sql, args)
         return cursor.fetchall(), cursor.rowcount
 
-    async def atomic(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        # No await inside: no other coroutine's statement can fall between BEGIN and COMMIT.
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            changed = [self._db.execute(sql, args).rowcount for sql, args in statements]
+            counts = [self._db.execute(sql, args).rowcount for sql, args in statements]
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        return changed
+        return counts
 
     async def close(self) -> None:
         self._db.close()

@@ -1,4 +1,5 @@
-"""Latency and throughput of a request function at a given concurrency; a table and a plot."""
+"""Latency and throughput of a request function at a given concurrency, a table and a plot; and
+a stopwatch of named laps (the cost of each step of one request, notebook 02)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Result:
         }
 
 
-async def measure(
+async def measure_requests(
     label: str,
     request: RequestFn,
     level: int,
@@ -104,3 +105,24 @@ def plot(results: list[Result], path: Path | None = None):  # -> matplotlib Figu
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+class Stopwatch:
+    """Named laps in milliseconds: ``with clock.lap("create"): ...``."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def lap(self, name: str) -> _Lap:
+        return _Lap(self, name)
+
+
+class _Lap:
+    def __init__(self, clock: Stopwatch, name: str) -> None:
+        self._clock, self._name = clock, name
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._clock.ms[self._name] = (time.perf_counter() - self._start) * 1000

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 
-async def measure(
+async def measure_session_costs(
     client: Any,
     session_id: str,
     options: dict[str, Any],

@@ -1,0 +1,55 @@
+"""Benchmark the web backend: N users at once over HTTP against the same turns in-process.
+
+    flock /work/wt/bench.lock .venv/bin/python bench/web.py            # 1, 16, 64 users
+    .venv/bin/python bench/web.py --users 1,4 --turns 1                # a quick look
+
+Prints one table (time to first token and to the whole reply, median and p95, turns per second,
+errors, cross-user leaks) and the overhead of the HTTP layer against the issue's goals; writes a
+plot to tmp/bench-web.png. The model is the local stand-in unless COPILOT_TUTORIAL_BACKEND says
+otherwise, so on `local` the figures are the SDK, the runtime, the store and the web layer alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from helpers.run import TMP, remove_dir, run_dir
+from helpers.web import bench
+from helpers.web.serve import start_web
+from helpers.web.service import Settings
+
+
+async def run(levels: tuple[int, ...], turns: int) -> list[bench.Point]:
+    folder = run_dir("bench-web")
+    settings = Settings(pool_size=1, turns_per_user=2, turn_timeout_s=120)
+    web = await start_web(folder, settings)
+    try:
+        await bench.measure(web.service, web.url, "HTTP", 2, 1)  # warm both paths up
+        await bench.measure(web.service, web.url, "in-process", 2, 1)
+        return await bench.compare(web.service, web.url, levels, turns)
+    finally:
+        await web.stop(drain=False)
+        remove_dir(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", default="1,16,64", help="comma-separated levels")
+    parser.add_argument("--turns", type=int, default=3, help="turns per user per level")
+    args = parser.parse_args()
+    levels = tuple(int(n) for n in args.users.split(","))
+    points = asyncio.run(run(levels, args.turns))
+    rows = [p.row() for p in points]
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join(str(row[k]) for k in keys))
+    for line in bench.summary(points):
+        print(line)
+    bench.plot(points, TMP / "bench-web.png")
+    print("plot: tmp/bench-web.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The HTTP layer: FastAPI routes over ``Service``, bearer tokens, JSON errors, replies as SSE.
+
+Every refusal happens here, before the service asks the runtime anything: no token or a wrong one
+(401), another user's conversation or an unknown one (404, the same body), too many turns at once
+(429 with ``Retry-After``), an oversized body (413), a malformed one (422), shutting down or the
+runtime or the database down (503).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException
+
+from helpers.errors import (
+    Draining,
+    NotYourSession,
+    RuntimeDown,
+    StoreDown,
+    TooManyTurns,
+    VfsError,
+)
+from helpers.web.limits import BodyLimit
+from helpers.web.service import Service
+from helpers.web.turns import Turn
+
+PAGE = Path(__file__).with_name("page.html")
+MAX_MESSAGE_CHARS = 16_000
+MAX_FILE_CHARS = 64 * 1024
+RETRY_AFTER_S = 1
+
+
+class ErrorBody(BaseModel):
+    """Every error: a short code and a sentence saying what was wrong."""
+
+    error: str
+    message: str
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def visible(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("the message is empty")
+        if any(ord(ch) < 32 and ch not in "\n\t" for ch in text):
+            raise ValueError("the message contains control characters")
+        return text
+
+
+class FileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: str = Field(max_length=MAX_FILE_CHARS)
+
+
+class Conversation(BaseModel):
+    id: str
+
+
+class Conversations(BaseModel):
+    conversations: list[Conversation]
+
+
+class ChatMessage(BaseModel):
+    role: str
+    text: str
+
+
+class History(BaseModel):
+    id: str
+    messages: list[ChatMessage]
+
+
+class FileInfo(BaseModel):
+    path: str
+    bytes: int
+
+
+class Files(BaseModel):
+    files: list[FileInfo]
+
+
+class Caller(BaseModel):
+    user: str
+
+
+class Status(BaseModel):
+    status: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+SSE_DOC = {
+    200: {
+        "description": "Server-Sent Events: `delta` (text as it arrives), then `message` (the "
+        "whole reply) or `error` (what went wrong)",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["delta", "message", "error"]},
+                        "data": {
+                            "type": "string",
+                            "description": 'JSON: {"text": ...} for delta and message, '
+                            '{"error": code, "message": ...} for error',
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+TURN_ERRORS = _errors(401, 404, 413, 422, 429, 503)
+bearer = HTTPBearer(auto_error=False, description="A token the application issued to you")
+
+
+def caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    """The user whose token came with the request; 401 for none or an unknown one."""
+    tokens = request.app.state.service.tokens
+    user = tokens.user_of(credentials.credentials if credentials else None)
+    if user is None:
+        raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer …)")
+    return user
+
+
+User = Annotated[str, Depends(caller)]
+
+
+def create_app(service: Service) -> FastAPI:
+    """The app serving ``service``; the page at ``/``, the OpenAPI schema at ``/openapi.json``."""
+    app = FastAPI(
+        title="Copilot SDK tutorial: a web backend",
+        version="1.0",
+        summary="Conversations and asks over one shared Copilot runtime, replies streamed as SSE",
+    )
+    app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.state.service = service
+    _handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/health", response_model=Status)
+    async def health() -> Status:
+        """Liveness: the process answers HTTP."""
+        return Status(status="ok")
+
+    @app.get("/whoami", response_model=Caller, responses=_errors(401))
+    async def whoami(user: User) -> Caller:
+        """Who the token belongs to (what the page shows after sign-in)."""
+        return Caller(user=user)
+
+    @app.get("/ready", response_model=Status, responses=_errors(503))
+    async def ready() -> Status:
+        """Readiness: fails while draining, or while the runtime or the database is down."""
+        reason = await service.ready()
+        if reason is not None:
+            raise _Unavailable("not_ready", reason)
+        return Status(status="ready")
+
+    @app.post(
+        "/conversations", status_code=201, response_model=Conversation, responses=_errors(401, 503)
+    )
+    async def create(user: User) -> Conversation:
+        """Start a conversation: the server makes its id and records you as its owner."""
+        return Conversation(id=await service.create_conversation(user))
+
+    @app.get("/conversations", response_model=Conversations, responses=_errors(401))
+    async def mine(user: User) -> Conversations:
+        """Your conversations, oldest first (nobody else's)."""
+        ids = await service.conversations(user)
+        return Conversations(conversations=[Conversation(id=i) for i in ids])
+
+    @app.post("/conversations/{conversation_id}/messages", responses={**SSE_DOC, **TURN_ERRORS})
+    async def send(conversation_id: str, body: MessageIn, user: User) -> EventSourceResponse:
+        """Send a message; the reply streams back as it is written."""
+        await service.check_owner(user, conversation_id)
+        await service.check_store()
+        service.begin(user)
+        return _stream(service.send(user, conversation_id, body.text))
+
+    @app.get(
+        "/conversations/{conversation_id}/messages",
+        response_model=History,
+        responses=_errors(401, 404, 422, 503),
+    )
+    async def history(conversation_id: str, user: User) -> History:
+        """The conversation so far, read from the session's own events."""
+        messages = await service.history(user, conversation_id)
+        return History(id=conversation_id, messages=[ChatMessage(**m) for m in messages])
+
+    @app.delete(
+        "/conversations/{conversation_id}",
+        status_code=204,
+        responses=_errors(401, 404, 422, 503),
+    )
+    async def delete(conversation_id: str, user: User) -> Response:
+        """Delete the conversation for good."""
+        await service.delete(user, conversation_id)
+        return Response(status_code=204)
+
+    @app.post("/ask", responses={**SSE_DOC, **_errors(401, 413, 422, 429, 503)})
+    async def ask(body: MessageIn, user: User) -> EventSourceResponse:
+        """A one-off question with your files (three file tools); no session is kept after."""
+        service.begin(user)
+        return _stream(service.ask(user, body.text))
+
+    @app.get("/files", response_model=Files, responses=_errors(401))
+    async def files(user: User) -> Files:
+        """Your files, kept by the application."""
+        fs = service.files_of(user)
+        return Files(
+            files=[FileInfo(path=p, bytes=len(t.encode())) for p, t in sorted(fs.files.items())]
+        )
+
+    @app.put("/files/{path:path}", response_model=FileInfo, responses=_errors(401, 413, 422))
+    async def put_file(path: str, body: FileIn, user: User) -> FileInfo:
+        """Create or replace one of your files."""
+        service.files_of(user).write(path, body.content)
+        return FileInfo(path=path, bytes=len(body.content.encode()))
+
+    return app
+
+
+def _stream(turn: Turn) -> EventSourceResponse:
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async for kind, data in turn.events():
+            yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
+
+    return EventSourceResponse(events(), ping=15, send_timeout=30)
+
+
+class _Unavailable(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _json(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        code = STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path!r}"
+        if exc.status_code == 400 and "parsing the body" in message:
+            return _json(422, "malformed", "the body is not valid JSON in UTF-8")
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path!r}"
+        return _json(exc.status_code, code, message, **headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for error in exc.errors()[:5]:
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        return _json(422, "malformed", "; ".join(parts) or "the request is malformed")
+
+    @app.exception_handler(NotYourSession)
+    async def not_found(request: Request, exc: NotYourSession) -> JSONResponse:
+        conversation = request.path_params.get("conversation_id", "")
+        return _json(404, "not_found", f"no conversation {conversation!r} among yours")
+
+    @app.exception_handler(TooManyTurns)
+    async def too_many(request: Request, exc: TooManyTurns) -> JSONResponse:
+        return _json(429, "too_many_turns", str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(VfsError)
+    async def bad_file(request: Request, exc: VfsError) -> JSONResponse:
+        return _json(422, "bad_file", str(exc))
+
+    for kind, code in (
+        (Draining, "draining"),
+        (RuntimeDown, "runtime_down"),
+        (StoreDown, "store_down"),
+    ):
+
+        def make(code: str):
+            async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+                return _json(503, code, str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
+
+            return unavailable
+
+        app.add_exception_handler(kind, make(code))
+
+    @app.exception_handler(_Unavailable)
+    async def not_ready(request: Request, exc: _Unavailable) -> JSONResponse:
+        return _json(503, exc.code, str(exc), **{"Retry-After": str(RETRY_AFTER_S)})

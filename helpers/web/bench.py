@@ -1,0 +1,202 @@
+"""N users at once through the service, over HTTP and in-process: what the HTTP layer costs.
+
+Both ways make the same turns through the same ``Service`` (ownership, lock, lease, store, streamed
+deltas); over HTTP each also crosses uvicorn, FastAPI, the bearer check, SSE framing and httpx.
+Each user has a conversation of their own, made before the clock starts, and sends ``turns``
+messages one after the other; all users start at once. Every stream is checked for the other
+users' codenames (a leak) and for its own final message (else an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from helpers.errors import TutorialError
+from helpers.web.service import Service
+
+MODES = ("in-process", "HTTP")
+
+
+@dataclass
+class Sample:
+    first_s: float | None
+    last_s: float
+    text: str
+    error: str = ""
+
+
+@dataclass
+class Point:
+    """One mode at one number of users: every turn's timings, errors and leaks."""
+
+    mode: str
+    users: int
+    samples: list[Sample] = field(default_factory=list)
+    seconds: float = 0.0
+    leaks: int = 0
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for s in self.samples if s.error)
+
+    def quantile(self, what: str, q: float) -> float:
+        """Milliseconds at quantile ``q`` of ``first`` (first token) or ``last`` (whole reply)."""
+        values = sorted(
+            (s.first_s if what == "first" else s.last_s) or 0.0 for s in self.samples if not s.error
+        )
+        if not values:
+            return float("nan")
+        return 1000 * values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+    @property
+    def rps(self) -> float:
+        return len(self.samples) / self.seconds if self.seconds else 0.0
+
+    def row(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "users": self.users,
+            "turns": len(self.samples),
+            "first token median ms": round(self.quantile("first", 0.5), 1),
+            "first token p95 ms": round(self.quantile("first", 0.95), 1),
+            "last token median ms": round(self.quantile("last", 0.5), 1),
+            "last token p95 ms": round(self.quantile("last", 0.95), 1),
+            "turns/s": round(self.rps, 1),
+            "errors": self.errors,
+            "leaks": self.leaks,
+        }
+
+
+async def _in_process(service: Service, user: str, conversation: str, text: str) -> Sample:
+    start = time.perf_counter()
+    first, final, error = None, "", ""
+    try:
+        await service.check_owner(user, conversation)
+        service.begin(user)
+    except TutorialError as exc:
+        return Sample(None, time.perf_counter() - start, "", type(exc).__name__)
+    async for kind, data in service.send(user, conversation, text).events():
+        if kind == "delta" and first is None:
+            first = time.perf_counter() - start
+        elif kind == "message":
+            final = data["text"]
+        elif kind == "error":
+            error = data["error"]
+    return Sample(first, time.perf_counter() - start, final, error or ("" if final else "none"))
+
+
+async def _over_http(http: httpx.AsyncClient, token: str, conversation: str, text: str) -> Sample:
+    start = time.perf_counter()
+    first, final, error = None, "", ""
+    headers = {"Authorization": f"Bearer {token}"}
+    path = f"/conversations/{conversation}/messages"
+    async with aconnect_sse(http, "POST", path, json={"text": text}, headers=headers) as source:
+        if source.response.status_code != 200:
+            return Sample(None, time.perf_counter() - start, "", str(source.response.status_code))
+        async for event in source.aiter_sse():
+            if event.event == "delta" and first is None:
+                first = time.perf_counter() - start
+            elif event.event == "message":
+                final = json.loads(event.data)["text"]
+            elif event.event == "error":
+                error = json.loads(event.data)["error"]
+    return Sample(first, time.perf_counter() - start, final, error or ("" if final else "none"))
+
+
+async def measure(service: Service, url: str, mode: str, users: int, turns: int = 2) -> Point:
+    """``users`` users at once, ``turns`` turns each, in ``mode`` (``HTTP`` or ``in-process``)."""
+    tag = secrets.token_hex(2)
+    names = [f"b{tag}{n}" for n in range(users)]
+    codes = {name: f"CODE-{tag}-{n:03d}" for n, name in enumerate(names)}  # none a prefix
+    tokens = {name: service.tokens.issue(name) for name in names}
+    conversations = {name: await service.create_conversation(name) for name in names}
+    point = Point(mode, users)
+    limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def user_turns(name: str) -> None:
+            for step in range(turns):
+                text = f"Remember: the codename is {codes[name]} (turn {step + 1})."
+                if mode == "HTTP":
+                    sample = await _over_http(http, tokens[name], conversations[name], text)
+                else:
+                    sample = await _in_process(service, name, conversations[name], text)
+                point.samples.append(sample)
+                others = [c for n, c in codes.items() if n != name]
+                point.leaks += sum(1 for c in others if c in sample.text)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user_turns(name) for name in names))
+        point.seconds = time.perf_counter() - started
+    for name in names:
+        await service.delete(name, conversations[name])
+        service.tokens.revoke(name)
+    return point
+
+
+async def compare(
+    service: Service, url: str, levels: tuple[int, ...] = (1, 16, 64), turns: int = 2
+) -> list[Point]:
+    """Both modes at each level, in-process first, side by side in one run."""
+    points = []
+    for users in levels:
+        for mode in MODES:
+            points.append(await measure(service, url, mode, users, turns))
+    return points
+
+
+def overhead(points: list[Point], users: int, what: str = "last") -> float:
+    """HTTP's median over in-process's, at ``users``, for ``first`` or ``last`` token."""
+    by_mode = {p.mode: p for p in points if p.users == users}
+    return by_mode["HTTP"].quantile(what, 0.5) / by_mode["in-process"].quantile(what, 0.5)
+
+
+def summary(points: list[Point]) -> list[str]:
+    """The lines that compare the run with the issue's goals."""
+    levels = sorted({p.users for p in points})
+    lines = []
+    for n in levels:
+        by_mode = {p.mode: p for p in points if p.users == n}
+        first_vs_turn = by_mode["HTTP"].quantile("first", 0.5) / by_mode["in-process"].quantile(
+            "last", 0.5
+        )
+        lines.append(
+            f"at {n} users, HTTP / in-process (medians): whole reply {overhead(points, n):.2f}x, "
+            f"first token {overhead(points, n, 'first'):.2f}x, HTTP first token / in-process "
+            f"turn {first_vs_turn:.2f}x"
+        )
+    errors = sum(p.errors for p in points)
+    leaks = sum(p.leaks for p in points)
+    lines.append(f"errors: {errors}; cross-user leaks: {leaks}")
+    return lines
+
+
+def plot(points: list[Point], path=None):  # -> matplotlib Figure
+    """Median and p95 time to the first and the last token, per mode, against users."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, what, title in zip(
+        axes, ("first", "last"), ("first token", "whole reply"), strict=True
+    ):
+        for mode, style in zip(MODES, ("-o", "--s"), strict=True):
+            mine = sorted((p for p in points if p.mode == mode), key=lambda p: p.users)
+            users = [p.users for p in mine]
+            ax.plot(users, [p.quantile(what, 0.5) for p in mine], style, label=f"{mode} median")
+            ax.plot(users, [p.quantile(what, 0.95) for p in mine], style, alpha=0.4, label="p95")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("users at once")
+        ax.set_title(f"time to {title}")
+    axes[0].set_ylabel("milliseconds")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig

@@ -1,0 +1,79 @@
+"""The session store for a server: SQLite through ``aiosqlite`` (off the event loop), or PostgreSQL.
+
+Notebook 04's ``SqliteStore`` runs each statement on the calling thread, which is fine in a
+notebook but would stall every other request of a server while SQLite waits for the disk. This
+engine keeps the same SQL and interface and runs the statements on aiosqlite's own thread.
+PostgreSQL already goes through psycopg's async API.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from helpers.errors import StoreDown
+from helpers.run import relative
+from helpers.store import open_store
+from helpers.store.base import SessionStore
+
+
+class AsyncSqliteStore(SessionStore):
+    """The store in one SQLite file, each statement run on aiosqlite's worker thread."""
+
+    engine = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+
+    async def connect(self) -> AsyncSqliteStore:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = aiosqlite.connect(self.path, isolation_level=None)
+        # aiosqlite's worker thread is not a daemon, and Python waits for such threads *before*
+        # it runs the exit hooks that would close the store: a kernel that ends without closing
+        # it would hang. As a daemon it ends with the process; ``close_now`` stops it sooner.
+        db._thread.daemon = True
+        self._db = await db
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
+            await self._db.execute(f"PRAGMA {pragma}")
+        return self
+
+    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
+        if self._db is None:
+            raise StoreDown(f"the session store ({self.describe()}) is closed")
+        async with self._db.execute(sql, args) as cursor:
+            rows = await cursor.fetchall()
+            return [tuple(r) for r in rows], cursor.rowcount
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    def close_now(self) -> None:
+        """Stop the worker thread without awaiting (for clean-up hooks at exit)."""
+        db, self._db = self._db, None
+        if db is not None:
+            db.stop()
+
+    def describe(self) -> str:
+        return f"SQLite file {relative(self.path)}"
+
+
+async def open_web_store(folder: Path, schema: str = "") -> SessionStore:
+    """PostgreSQL when ``DATABASE_URL`` is set (notebook 04's engine), else SQLite via aiosqlite."""
+    if os.environ.get("DATABASE_URL"):
+        return await open_store(folder, schema=schema)
+    store = await AsyncSqliteStore(Path(folder) / "sessions.db").connect()
+    await store.create_tables()
+    return store
+
+
+async def forget_session_rows(store: SessionStore, session_id: str) -> int:
+    """Delete every stored file and the lease of one session; return the file rows deleted."""
+    await store.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
+    _, count = await store.execute("DELETE FROM session_files WHERE session_id = ?", (session_id,))
+    return count

@@ -1,0 +1,444 @@
+"""The service behind the HTTP layer: one runtime, its store, and the rules of notebooks 03-05.
+
+Everything a request needs goes through here, so the HTTP app (``app.py``) only translates, and
+the benchmark can make the same requests in-process. Long-lived conversations keep their state in
+the session store (notebook 04's ``session_fs``); short-lived asks take a session prepared ahead
+(notebook 03's pool) with notebook 02's three file tools over the user's own files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from copilot import CopilotClient
+from copilot.session import CopilotSession
+
+from helpers.errors import Draining, NotStored, RuntimeDown, StoreDown, TooManyTurns
+from helpers.model.backends import Backend, choose_backend
+from helpers.runtime import transport
+from helpers.runtime.server import RuntimeServer, attach_server, start_server
+from helpers.serving.credentials import UserTokens
+from helpers.serving.drain import Drain
+from helpers.serving.locks import SessionLocks
+from helpers.serving.pool import SessionPool
+from helpers.serving.registry import SessionRegistry
+from helpers.serving.sweep import sweep
+from helpers.store.base import SessionStore
+from helpers.store.lease import Lease, held
+from helpers.store.session_fs import SESSION_FS, store_fs, stored_events
+from helpers.tools.file_tools import ALLOWLIST
+from helpers.tools.routed_tools import routed_file_tools
+from helpers.tools.vfs import VirtualFS
+from helpers.web.auth import TokenBook
+from helpers.web.db import forget_session_rows, open_web_store
+from helpers.web.turns import Turn
+
+STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
+POOL_USER = "pool"  # the store's user of prepared-ahead sessions (their rows go with them)
+
+
+@dataclass
+class Settings:
+    """What the service allows and how it behaves; every wait has a limit."""
+
+    backend: str = ""
+    cli_url: str = ""
+    turn_timeout_s: float = 120.0
+    turns_per_user: int = 2
+    pool_size: int = 2
+    lease_ttl_s: float = 30.0  # renewed every third of it while a turn runs
+    max_message_chars: int = 16_000
+    max_body_bytes: int = 64 * 1024
+    drain_timeout_s: float = 60.0
+    orphan_age_s: float = 600.0
+    supervise_every_s: float = 0.5
+    abort_abandoned: bool = True
+    lock_turns: bool = True
+    restart_runtime: bool = True
+    schema: str = "web"  # PostgreSQL only: the schema of this service's tables
+
+
+class Service:
+    """One runtime and its clients, the store, the registry, tokens, locks, pool and drain."""
+
+    def __init__(
+        self, folder: Path, settings: Settings | None = None, tokens: TokenBook | None = None
+    ) -> None:
+        self.folder = Path(folder)
+        self.settings = settings or Settings()
+        self.tokens = tokens or TokenBook()
+        self.locks = SessionLocks()
+        self.gate = Drain()
+        self.files: dict[str, VirtualFS] = {}
+        self.github_tokens: UserTokens | None = None
+        self.holder = f"web-{os.getpid()}-{secrets.token_hex(3)}"
+        self.restarts = 0
+        self._running: dict[str, int] = {}
+        self._turns: set[Turn] = set()
+        self._tools = routed_file_tools(self._fs_of_session)
+        self.backend: Backend
+        self.server: RuntimeServer
+        self.store: SessionStore
+        self.registry: SessionRegistry
+        self.client: CopilotClient
+        self.pool: SessionPool
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # --- start, stop, health -------------------------------------------------------------
+
+    async def start(self) -> Service:
+        """Start the model backend, the runtime, the store and a client; fill the pool."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.backend = choose_backend(self.settings.backend)
+        transport.enable_quickack()
+        if self.settings.cli_url:
+            self.server = attach_server(self.settings.cli_url)
+        else:
+            self.server = await asyncio.to_thread(
+                start_server, self.backend, home=self.folder / "runtime"
+            )
+        self.store = await open_web_store(self.folder, schema=self.settings.schema)
+        self.registry = SessionRegistry(self.folder / "registry.sqlite")
+        await self._connect()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+        return self
+
+    async def _connect(self) -> None:
+        self.client = CopilotClient(
+            mode="empty", connection=self.server.connection(), session_fs=SESSION_FS
+        )
+        await self.client.start()
+        self.pool = SessionPool(self._create_pooled, self._retire, size=self.settings.pool_size)
+        await self.pool.fill()
+
+    def runtime_problem(self) -> str | None:
+        """Why the runtime cannot serve now, or ``None`` when it can."""
+        if self.server.owned and not self.server.running:
+            return f"the Copilot runtime at {self.server.url} is down (its process exited)"
+        gone = getattr(self.client, "_runtime_gone", None)
+        return gone or None
+
+    async def ready(self) -> str | None:
+        """``None`` when ready for traffic, else the reason (draining, runtime, database)."""
+        if not self.gate.accepting:
+            return "draining: this instance takes no new requests"
+        if problem := self.runtime_problem():
+            return problem
+        try:
+            await asyncio.wait_for(self.client.ping("ready"), 2.0)
+        except Exception as exc:
+            return f"the Copilot runtime did not answer a ping ({type(exc).__name__})"
+        try:
+            await asyncio.wait_for(self.store.execute("SELECT 1"), 2.0)
+        except Exception as exc:
+            return f"the database ({self.store.describe()}) did not answer ({type(exc).__name__})"
+        return None
+
+    async def _supervise(self) -> None:
+        """Bring a runtime that died back (when we started it), and sweep orphans now and then."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(self.settings.supervise_every_s)
+            ticks += 1
+            if not self.gate.accepting:
+                continue
+            if self.runtime_problem() and self.server.owned and self.settings.restart_runtime:
+                with contextlib.suppress(Exception):
+                    await self.recover()
+            elif ticks * self.settings.supervise_every_s >= self.settings.orphan_age_s:
+                ticks = 0
+                with contextlib.suppress(Exception):
+                    await sweep(self.client, self.settings.orphan_age_s, keep=self._keep)
+
+    def _keep(self, session_id: str) -> bool:
+        return self.registry.owner(session_id) is not None or session_id in self.pool.created
+
+    async def recover(self) -> None:
+        """Start the runtime again on the same home and connect a new client and pool."""
+        with contextlib.suppress(Exception):
+            await self.client.force_stop()
+        await asyncio.to_thread(self.server.restart)
+        await self._connect()
+        self.restarts += 1
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Refuse new requests, let running turns end (up to ``timeout``), then stop the runtime.
+
+        Returns:
+            How many requests were still running when the wait ended (0: a clean drain).
+        """
+        return await self.gate.drain(timeout or self.settings.drain_timeout_s, self.close)
+
+    async def close(self) -> None:
+        """Stop everything this service started (safe to call twice).
+
+        Turns still running are aborted first, so that each gives back its lock and lease while
+        the runtime and the store are still there: a stop that does not wait cuts them, but
+        leaves nothing held for the next process.
+        """
+        self.gate.accepting = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
+        for turn in list(self._turns):
+            turn.stop("the service is stopping")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_TURNS_S):
+                while self._turns:
+                    await asyncio.sleep(0.02)
+        with contextlib.suppress(Exception):
+            await self.pool.close(timeout=10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.stop(), 10)
+        self.server.stop()
+        with contextlib.suppress(Exception):
+            await self.store.close()
+        with contextlib.suppress(Exception):
+            self.registry.close()
+        self.backend.close()
+
+    def stop_now(self) -> None:
+        """Stop the runtime and the model, close the files, without awaiting (for exit hooks)."""
+        self.gate.accepting = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        with contextlib.suppress(AttributeError):
+            self.server.stop()
+        close_now = getattr(getattr(self, "store", None), "close_now", None)
+        if close_now is not None:
+            close_now()
+        with contextlib.suppress(Exception):
+            self.registry.close()
+        with contextlib.suppress(AttributeError):
+            self.backend.close()
+
+    # --- what every request checks first ---------------------------------------------------
+
+    def begin(self, user: str) -> None:
+        """Count one more turn of ``user``, or refuse (draining, runtime down, too many)."""
+        if not self.gate.accepting:
+            raise Draining("this instance is shutting down: try again in a moment")
+        if problem := self.runtime_problem():
+            raise RuntimeDown(f"{problem}; try again in a moment")
+        if self._running.get(user, 0) >= self.settings.turns_per_user:
+            raise TooManyTurns(
+                f"User {user} already has {self.settings.turns_per_user} turns running: "
+                "wait for one to end"
+            )
+        self._running[user] = self._running.get(user, 0) + 1
+
+    def _end(self, user: str) -> None:
+        self._running[user] -= 1
+        if not self._running[user]:
+            del self._running[user]
+
+    def running(self, user: str | None = None) -> int:
+        """Turns running now (of ``user``, or of everyone)."""
+        return self._running.get(user, 0) if user else sum(self._running.values())
+
+    async def check_store(self) -> None:
+        """``StoreDown`` unless the database answers (a turn would not be stored)."""
+        try:
+            await asyncio.wait_for(self.store.execute("SELECT 1"), 2.0)
+        except Exception as exc:
+            raise StoreDown(
+                f"the database ({self.store.describe()}) did not answer ({type(exc).__name__}): "
+                "try again in a moment"
+            ) from None
+
+    async def check_owner(self, user: str, conversation: str) -> None:
+        """``NotYourSession`` unless ``user`` owns ``conversation`` (same for unknown ids)."""
+        await asyncio.to_thread(self.registry.check_owner, user, conversation)
+
+    def _model_kwargs(self, user: str) -> dict[str, Any]:
+        kwargs = self.backend.session_kwargs()
+        if self.github_tokens is not None and self.backend.name == "github":
+            kwargs.update(self.github_tokens.session_kwargs(user))
+        return kwargs
+
+    # --- long-lived conversations -----------------------------------------------------------
+
+    async def create_conversation(self, user: str) -> str:
+        """A new conversation of ``user``: the id is ours, the owner recorded; no turn yet."""
+        return await asyncio.to_thread(self.registry.new_id, user)
+
+    async def conversations(self, user: str) -> list[str]:
+        """The ids ``user`` owns, oldest first."""
+        return await asyncio.to_thread(self.registry.sessions_of, user)
+
+    async def history(self, user: str, conversation: str) -> list[dict[str, str]]:
+        """The conversation's messages, read from the session's own events in the store."""
+        await self.check_owner(user, conversation)
+        try:
+            events = await stored_events(self.store, conversation)
+        except Exception as exc:
+            raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
+        return messages_of(events)
+
+    async def delete(self, user: str, conversation: str) -> None:
+        """Delete the conversation for good (after a running turn of it ends)."""
+        await self.check_owner(user, conversation)
+        async with self.locks.turn(conversation, self.settings.turn_timeout_s):
+            with contextlib.suppress(Exception):  # session_fs sessions are the store's to delete
+                await self.client.delete_session(conversation)
+            try:
+                await forget_session_rows(self.store, conversation)
+            except Exception as exc:
+                raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
+            await asyncio.to_thread(self.registry.forget, conversation)
+        self.locks.forget(conversation)
+
+    def send(self, user: str, conversation: str, text: str) -> Turn:
+        """Start one turn in ``user``'s conversation (after ``begin`` and ``check_owner``)."""
+
+        @contextlib.asynccontextmanager
+        async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
+            async with self.gate.request(), self._turn_lock(conversation):
+                async with held(
+                    self.store,
+                    conversation,
+                    self.holder,
+                    ttl_s=self.settings.lease_ttl_s,
+                    wait_s=self.settings.turn_timeout_s,
+                ) as lease:
+                    renewing = asyncio.ensure_future(self._renew(lease))
+                    try:
+                        session = await self._open(user, conversation)
+                        try:
+                            yield session
+                        finally:
+                            with contextlib.suppress(Exception):
+                                await session.disconnect()
+                    finally:
+                        renewing.cancel()
+
+        async def stored(result: Any) -> None:
+            await self._check_stored(conversation, text)
+
+        return self._track(
+            Turn(
+                text,
+                opened,
+                self.settings.turn_timeout_s,
+                self.settings.abort_abandoned,
+                after=stored,
+                finished=lambda: self._end(user),
+            )
+        )
+
+    async def _renew(self, lease: Lease) -> None:
+        """Keep the lease while the turn runs; a crashed holder's lease lapses in ``ttl_s``."""
+        while True:
+            await asyncio.sleep(lease.ttl_s / 3)
+            try:
+                await lease.renew()
+            except Exception:  # lost it, or the store is down: ``held`` says so at the end
+                return
+
+    def _turn_lock(self, conversation: str) -> contextlib.AbstractAsyncContextManager[None]:
+        if not self.settings.lock_turns:
+            return contextlib.nullcontext()
+        return self.locks.turn(conversation, self.settings.turn_timeout_s)
+
+    async def _open(self, user: str, conversation: str) -> CopilotSession:
+        options = dict(
+            create_session_fs_handler=store_fs(self.store, user),
+            streaming=True,
+            available_tools=[],
+            **self._model_kwargs(user),
+        )
+        if await self.store.owner(conversation) is None:
+            return await self.client.create_session(session_id=conversation, **options)
+        return await self.client.resume_session(conversation, **options)
+
+    async def _check_stored(self, conversation: str, text: str) -> None:
+        """Raise ``StoreDown`` unless the store holds this turn's message and its reply."""
+        try:
+            events = await stored_events(self.store, conversation)
+        except Exception as exc:
+            raise StoreDown(
+                f"the database did not answer ({type(exc).__name__}): this turn could not be "
+                "read back, so it is not reported done"
+            ) from exc
+        users = [i for i, e in enumerate(events) if e.get("type") == "user.message"]
+        last = users[-1] if users else None
+        replied = last is not None and any(
+            e.get("type") == "assistant.message" for e in events[last + 1 :]
+        )
+        if last is None or events[last]["data"].get("content") != text or not replied:
+            raise NotStored(
+                "this turn's message and reply are not the last in the conversation's stored "
+                "events (another turn ran at the same time?): not reported done"
+            )
+
+    # --- short-lived asks over the user's files -----------------------------------------
+
+    def files_of(self, user: str) -> VirtualFS:
+        """``user``'s own files, kept by the application."""
+        fs = self.files.get(user)
+        if fs is None:
+            fs = self.files[user] = VirtualFS(user)
+        return fs
+
+    def _fs_of_session(self, session_id: str) -> VirtualFS | None:
+        user = self.pool.user_of(session_id)
+        return self.files_of(user) if user else None
+
+    async def _create_pooled(self) -> CopilotSession:
+        return await self.client.create_session(
+            tools=self._tools,
+            available_tools=ALLOWLIST,
+            streaming=True,
+            create_session_fs_handler=store_fs(self.store, POOL_USER),
+            **self.backend.session_kwargs(),
+        )
+
+    async def _retire(self, session: CopilotSession) -> None:
+        with contextlib.suppress(Exception):
+            await session.disconnect()
+        with contextlib.suppress(Exception):
+            await self.client.delete_session(session.session_id)
+        await forget_session_rows(self.store, session.session_id)
+
+    def ask(self, user: str, text: str) -> Turn:
+        """One short-lived turn with the file tools over ``user``'s files (after ``begin``)."""
+
+        @contextlib.asynccontextmanager
+        async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
+            async with self.gate.request(), self.pool.request(user) as session:
+                yield session
+
+        return self._track(
+            Turn(
+                text,
+                opened,
+                self.settings.turn_timeout_s,
+                self.settings.abort_abandoned,
+                finished=lambda: self._end(user),
+            )
+        )
+
+    def _track(self, turn: Turn) -> Turn:
+        self._turns.add(turn)
+        turn.task.add_done_callback(lambda _: self._turns.discard(turn))
+        return turn
+
+
+def messages_of(events: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """User and assistant messages (with text) among a session's events, in order."""
+    roles = {"user.message": "user", "assistant.message": "assistant"}
+    return [
+        {"role": roles[e["type"]], "text": e["data"]["content"]}
+        for e in events
+        if e.get("type") in roles and (e.get("data") or {}).get("content")
+    ]
+
+
+__all__ = ["Service", "Settings", "messages_of"]

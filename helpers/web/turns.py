@@ -1,0 +1,225 @@
+"""One streamed turn: the model's deltas as they arrive, then the whole message or an error.
+
+The turn runs in a task of its own, apart from the HTTP response that reads it. When the reader
+goes away (the browser tab closed, the network dropped) the response calls ``abandon()``; the task
+then aborts the turn in the runtime (``session.abort()``) instead of letting it run on, and
+releases what it held (the lock, the lease, the session) the same way as on a normal end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from copilot.session import CopilotSession
+
+from helpers.errors import Draining, LeaseBusy, NotStored, RuntimeDown, RuntimeGone, StoreDown
+
+ABORT_WAIT_S = 10.0
+
+# What a turn's stream carries: ("delta", {"text": ...}) ..., then ("message", {...}) or
+# ("error", {"error": code, "message": ...}).
+Event = tuple[str, dict[str, Any]]
+Opener = Callable[["Turn"], contextlib.AbstractAsyncContextManager[CopilotSession]]
+
+
+def error_code(exc: BaseException) -> str:
+    """A short, stable name for what went wrong, for the error event and the HTTP status."""
+    if isinstance(exc, StoreDown) or type(exc).__module__.split(".")[0] in ("sqlite3", "psycopg"):
+        return "store_down"
+    if isinstance(exc, RuntimeGone | RuntimeDown | ConnectionError):
+        return "runtime_down"
+    if isinstance(exc, NotStored):
+        return "not_stored"
+    if isinstance(exc, Draining):
+        return "draining"
+    if isinstance(exc, LeaseBusy):
+        return "busy"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "internal"
+
+
+@dataclass
+class TurnResult:
+    """How a turn ended, for the caller that started it and for tests."""
+
+    text: str = ""
+    error: str = ""
+    aborted: bool = False
+    abandoned: bool = False
+    deltas: int = 0
+    first_delta_s: float | None = None
+    last_delta_s: float | None = None
+    seconds: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+class Turn:
+    """A turn of ``prompt`` in a session that ``opener`` opens (and closes) around it."""
+
+    def __init__(
+        self,
+        prompt: str,
+        opener: Opener,
+        timeout_s: float,
+        abort_abandoned: bool = True,
+        after: Callable[[TurnResult], Awaitable[None]] | None = None,
+        finished: Callable[[], None] | None = None,
+    ) -> None:
+        self.prompt, self.timeout_s = prompt, timeout_s
+        self.abort_abandoned = abort_abandoned
+        self.result = TurnResult()
+        self._opener, self._after, self._finished = opener, after, finished
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._abandoned = asyncio.Event()
+        self._stop_reason = ""
+        self._start = time.perf_counter()
+        self.task = asyncio.ensure_future(self._run())
+
+    @property
+    def done(self) -> bool:
+        return self.task.done()
+
+    def abandon(self) -> None:
+        """Nobody reads this turn any more: abort it (if ``abort_abandoned``) and let go."""
+        self.result.abandoned = True
+        self._abandoned.set()
+
+    def stop(self, reason: str) -> None:
+        """The service is stopping: abort the turn now and tell the reader ``reason``."""
+        self._stop_reason = reason
+        self._abandoned.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The stream, in order; leaving it early (a closed connection) abandons the turn."""
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            if not self.task.done():
+                self.abandon()
+
+    async def wait(self) -> TurnResult:
+        """Run the turn to its end without reading the stream; return how it ended."""
+        await asyncio.shield(self.task)
+        return self.result
+
+    def _put(self, kind: str, data: dict[str, Any]) -> None:
+        self._queue.put_nowait((kind, data))
+
+    def fail(self, code: str, message: str) -> None:
+        """End the stream with an error event (once)."""
+        if not self.result.error:
+            self.result.error = code
+            self._put("error", {"error": code, "message": message})
+
+    async def _run(self) -> None:
+        try:
+            async with self._opener(self) as session:
+                await self._converse(session)
+                if not self.result.error and self._after is not None:
+                    await self._after(self.result)
+            if not self.result.error:
+                self._put("message", {"text": self.result.text})
+        except Exception as exc:  # every failure reaches the caller as an error event
+            self.fail(error_code(exc), str(exc) or type(exc).__name__)
+        finally:
+            self.result.seconds = time.perf_counter() - self._start
+            self._queue.put_nowait(None)
+            if self._finished is not None:
+                self._finished()
+
+    async def _converse(self, session: CopilotSession) -> None:
+        ended = asyncio.Event()
+        texts: list[str] = []
+        errors: list[str] = []
+
+        def on_event(event: Any) -> None:
+            kind = getattr(event.type, "value", str(event.type))
+            self.result.events.append(kind)
+            if kind == "assistant.message_delta":
+                piece = getattr(event.data, "delta_content", "") or ""
+                now = time.perf_counter() - self._start
+                if self.result.first_delta_s is None:
+                    self.result.first_delta_s = now
+                self.result.last_delta_s = now
+                self.result.deltas += 1
+                if piece:
+                    self._put("delta", {"text": piece})
+            elif kind == "assistant.message":
+                content = getattr(event.data, "content", "") or ""
+                if content:
+                    texts.append(content)
+            elif kind == "session.error":
+                errors.append(getattr(event.data, "message", "") or "session error")
+                ended.set()
+            elif kind == "session.idle":
+                ended.set()
+
+        unsubscribe = session.on(on_event)
+        try:
+            await session.send(self.prompt)
+            waits = {
+                asyncio.ensure_future(ended.wait()),
+                asyncio.ensure_future(self._gone(session)),
+            }
+            try:
+                await asyncio.wait(waits, timeout=self.timeout_s, return_when="FIRST_COMPLETED")
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if ended.is_set():
+                if errors and "persist session events" in errors[-1]:
+                    self.fail(
+                        "store_down",
+                        "the database did not take this turn's events, so the turn is not done "
+                        f"(the runtime said: {errors[-1]})",
+                    )
+                elif errors:
+                    self.fail("model_error", f"the turn failed in the runtime: {errors[-1]}")
+                elif not texts:
+                    self.fail("no_reply", "the turn ended without a reply from the model")
+                else:
+                    self.result.text = texts[-1]
+                return
+            if gone := getattr(session, "_runtime_gone", None):
+                self.fail("runtime_down", gone)
+                return
+            if self._abandoned.is_set() and not self.abort_abandoned and not self._stop_reason:
+                # The rule switched off: nobody listens, yet the turn runs on to its end.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), self.timeout_s)
+                self.fail("abandoned", "the caller went away; the turn ran on to its end")
+                return
+            try:
+                await session.abort()
+                self.result.aborted = True
+            except Exception as exc:  # the session was replaced or closed under us
+                self.result.events.append(f"abort failed: {type(exc).__name__}")
+            if self.result.aborted:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), ABORT_WAIT_S)
+            if self._stop_reason:
+                self.fail("stopped", f"{self._stop_reason}: the turn was aborted")
+            elif self._abandoned.is_set():
+                self.fail("abandoned", "the caller went away; the turn was aborted")
+            else:
+                done = "the turn was aborted" if self.result.aborted else "the abort failed"
+                self.fail("timeout", f"no reply within {self.timeout_s:g} s; {done}")
+        finally:
+            unsubscribe()
+
+    async def _gone(self, session: CopilotSession) -> None:
+        """Return when the reader went away or the runtime's connection closed (watchdog)."""
+        while not getattr(session, "_runtime_gone", None):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._abandoned.wait(), 0.2)
+                return

@@ -1,0 +1,38 @@
+"""The web benchmark's smoke run: both modes, a few users, every stream its own, no errors.
+
+The figures are printed, never asserted (targets are met in ``bench/web.py`` runs, not in tests).
+"""
+
+from __future__ import annotations
+
+import pytest
+from web_fixture import ServiceThread
+
+from helpers.web import bench
+from helpers.web.service import Settings
+
+pytestmark = pytest.mark.runtime
+
+
+def test_the_benchmark_runs_both_modes_without_errors_or_leaks() -> None:
+    web = ServiceThread(Settings(pool_size=1))
+    try:
+        points = web.call(bench.compare(web.service, web.url, (1, 4), turns=1), 180)
+        left = web.service.registry.rows()
+    finally:
+        web.stop()
+    assert [(p.mode, p.users) for p in points] == [
+        ("in-process", 1),
+        ("HTTP", 1),
+        ("in-process", 4),
+        ("HTTP", 4),
+    ]
+    for point in points:
+        print(point.row())
+        assert len(point.samples) == point.users and point.errors == 0 and point.leaks == 0
+        assert all(s.first_s is not None and 0 < s.first_s <= s.last_s for s in point.samples)
+        assert point.rps > 0
+    lines = bench.summary(points)
+    print("\n".join(lines))
+    assert lines[-1] == "errors: 0; cross-user leaks: 0"
+    assert left == [], "the benchmark deletes its conversations"

@@ -1,0 +1,31 @@
+"""Notebook 06 under papermill with other parameters: it passes, leaves nothing running, prints no
+token, and a bad parameter stops it before anything starts."""
+
+from __future__ import annotations
+
+import re
+
+import papermill
+import pytest
+from support import our_runtime_processes
+from test_notebooks import execute, leaves_nothing, outputs_text, runs_of
+
+pytestmark = pytest.mark.notebook
+NB06 = "06_a_web_backend.ipynb"
+TOKEN_LIKE = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{40,}(?![A-Za-z0-9_-])")
+
+
+def test_notebook_06_with_other_parameters_leaves_nothing_and_prints_no_token() -> None:
+    with leaves_nothing(NB06):
+        nb = execute(NB06, tag="other-", BENCH_USERS=4, BENCH_TURNS=1, TURNS_PER_USER=3)
+    text = outputs_text(nb)
+    assert "| 429" in text or "429" in text, "the limit was shown"
+    assert not TOKEN_LIKE.findall(text), "nothing that looks like a token is printed"
+
+
+def test_a_bad_parameter_stops_notebook_06_before_anything_starts() -> None:
+    running, runs = set(our_runtime_processes()), runs_of(NB06)
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(NB06, tag="bad-", BENCH_USERS=1000)
+    assert failed.value.ename == "ParameterError" and "BENCH_USERS = " in str(failed.value)
+    assert runs_of(NB06) == runs and set(our_runtime_processes()) <= running
