@@ -29,6 +29,7 @@ def parameters_of(name: str) -> str:
 
 
 WITH_CODENAME = [name for name in ALL if re.search(r"^CODENAME = ", parameters_of(name), re.M)]
+NB05 = "05_making_it_fast.ipynb"
 
 
 def check_cell(name: str, **overrides: Any) -> dict[str, Any]:
@@ -134,15 +135,31 @@ def test_notebook_03_names_every_bad_value_at_once() -> None:
     refused(
         NB03,
         "USERS_AT_ONCE = 1 is out of range",
-        "SPEED_REQUESTS = 'many' must be a number",
+        "SLOW_TURN_S = 'slow' must be a number",
         "ORPHAN_AGE_S = -1 is out of range",
         "CODENAME = 'x' is not allowed",
         "BACKEND = 'cloud' is not one of",
         USERS_AT_ONCE=1,
-        SPEED_REQUESTS="many",
+        SLOW_TURN_S="slow",
         ORPHAN_AGE_S=-1,
         CODENAME="x",
         BACKEND="cloud",
+    )
+
+
+def test_notebook_05_names_every_bad_value_at_once() -> None:
+    refused(
+        NB05,
+        "AT_ONCE = 1 is out of range",
+        "SPEED_REQUESTS = 'many' must be a number",
+        "PROMPT = '' is not allowed",
+        "BACKEND = 'cloud' is not one of",
+        "KEEP_STATE = 'no' must be True or False",
+        AT_ONCE=1,
+        SPEED_REQUESTS="many",
+        PROMPT="",
+        BACKEND="cloud",
+        KEEP_STATE="no",
     )
 
 
