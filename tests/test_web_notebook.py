@@ -8,18 +8,32 @@ import re
 import papermill
 import pytest
 from support import our_runtime_processes
-from test_notebooks import execute, leaves_nothing, outputs_text, runs_of
+from test_notebooks import execute, leaves_nothing, runs_of
 
 pytestmark = pytest.mark.notebook
 NB06 = "06_a_web_backend.ipynb"
-TOKEN_LIKE = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{40,}(?![A-Za-z0-9_-])")
+# secrets.token_urlsafe(32), as the service issues: 43 URL-safe characters, letters and digits.
+TOKEN_LIKE = re.compile(
+    r"(?<![A-Za-z0-9_-])(?=[^\s]*[0-9])(?=[^\s]*[A-Za-z])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"
+)
+
+
+def printed(nb) -> str:
+    """What the cells printed or showed as text (not images)."""
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.append(output.get("data", {}).get("text/plain", ""))
+    return "\n".join(str(p) for p in parts)
 
 
 def test_notebook_06_with_other_parameters_leaves_nothing_and_prints_no_token() -> None:
     with leaves_nothing(NB06):
         nb = execute(NB06, tag="other-", BENCH_USERS=4, BENCH_TURNS=1, TURNS_PER_USER=3)
-    text = outputs_text(nb)
-    assert "| 429" in text or "429" in text, "the limit was shown"
+    text = printed(nb)
+    assert "too_many_turns" in text and "429" in text, "the limit was shown"
+    assert "Bearer " not in text.replace("Bearer …", ""), "no authorization header is printed"
     assert not TOKEN_LIKE.findall(text), "nothing that looks like a token is printed"
 
 
