@@ -350,12 +350,7 @@ async def _main(
 
     run = run_dir("races")
     backend = choose_backend("local", env={})
-    servers = {
-        name: start_server(
-            backend.server_env, home=run / name, remove_env=backend.server_remove_env
-        )
-        for name in System.names
-    }
+    servers = {name: start_server(backend, home=run / name) for name in System.names}
     pg = start_postgres() if "postgresql" in engines and find_bin_dir() else None
     options = dict(available_tools=[], **backend.session_kwargs())
     try:

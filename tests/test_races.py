@@ -42,11 +42,7 @@ def runtimes(local_backend: Backend, tmp_path: Path) -> Iterator[dict[str, Runti
     servers: dict[str, RuntimeServer] = {}
     try:
         for name in ("runtime-1", "runtime-2"):
-            servers[name] = start_server(
-                local_backend.server_env,
-                home=root / name,
-                remove_env=local_backend.server_remove_env,
-            )
+            servers[name] = start_server(local_backend, home=root / name)
         yield servers
     finally:
         for server in servers.values():

@@ -127,6 +127,8 @@ def model_requests(model: StandInModel | None, since: int) -> list[RequestRecord
         )
         for index, text in enumerate(record.user_messages, 1):
             print(f"    user[{index}]: {short(text, 80)}")
+        for text in record.tool_results:
+            print(f"    tool result: {short(text, 76)}")
     return records
 
 

@@ -2,7 +2,7 @@
 
 With one token in the runtime's environment every user's requests are billed to and limited by
 that one account. ``create_session(github_token=...)`` gives a session its own user's token
-instead; the token goes to the runtime with the create call and is not stored in the session.
+instead; pass it on every create and resume (whether the runtime stores it is undocumented).
 """
 
 from __future__ import annotations

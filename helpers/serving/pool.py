@@ -2,8 +2,11 @@
 
 A request takes a ready session, binds it to its user (the tools, defined once, find the user
 through ``invocation.session_id``), sends one turn, and gives the session back; the pool then
-disconnects and deletes it in the background and creates a replacement. No session serves two
-requests, and ``close()`` waits until every session it made is deleted.
+disconnects and deletes it in the background and creates a replacement. A request that finds no
+session ready waits for one already being made rather than making another (under load, a second
+create per request would cost the runtime the throughput the pool is meant to keep); with none
+being made, it creates its own. No session serves two requests, and ``close()`` waits until
+every session it made is deleted.
 """
 
 from __future__ import annotations
@@ -24,14 +27,17 @@ DeleteFn = Callable[[CopilotSession], Awaitable[None]]
 class SessionPool:
     """Keep ``size`` sessions ready; each serves exactly one request."""
 
-    def __init__(self, create: CreateFn, delete: DeleteFn, size: int = 4) -> None:
+    def __init__(
+        self, create: CreateFn, delete: DeleteFn, size: int = 4, wait_timeout: float = 60.0
+    ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
-        self.size = size
+        self.size, self.wait_timeout = size, wait_timeout
         self._create, self._delete = create, delete
         self._ready: deque[CopilotSession] = deque()
         self._users: dict[str, str] = {}
         self._making = 0
+        self._waiting: deque[asyncio.Future[CopilotSession | None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._retiring: set[asyncio.Task[None]] = set()
         self.served: list[str] = []
@@ -56,18 +62,30 @@ class SessionPool:
         await asyncio.gather(*(self._make_one() for _ in range(missing)))
 
     async def _make_one(self) -> None:
+        session: CopilotSession | None = None
         try:
             session = await self._create()
         except Exception as exc:  # a failed refill must not break the requests
             self.errors.append(f"create: {type(exc).__name__}: {exc}")
-            return
         finally:
             self._making -= 1
-        self.created.add(session.session_id)
+        if session is not None:
+            self.created.add(session.session_id)
+        if self._hand_over(session) or session is None:
+            return
         if self.closed:
             self._background(self._retire(session))
         else:
             self._ready.append(session)
+
+    def _hand_over(self, session: CopilotSession | None) -> bool:
+        """Give a new session (or ``None``: "make your own") to the oldest waiting request."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(session)
+                return True
+        return False
 
     async def take(self, user: str) -> CopilotSession:
         """A session for one request of ``user``: a ready one, or a new one when none is ready."""
@@ -76,7 +94,8 @@ class SessionPool:
         if self._ready:
             session = self._ready.popleft()
         else:
-            session = await self._create()
+            made = await self._wait_for_one() if self._making > len(self._waiting) else None
+            session = made or await self._create()
             self.created.add(session.session_id)
         if session.session_id in self.served:
             raise RuntimeError(f"session {session.session_id} would serve a second request")
@@ -84,6 +103,12 @@ class SessionPool:
         self._users[session.session_id] = user
         self._background(self.fill())
         return session
+
+    async def _wait_for_one(self) -> CopilotSession | None:
+        """The next session being made, or ``None`` if its create failed."""
+        waiter: asyncio.Future[CopilotSession | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        return await asyncio.wait_for(waiter, timeout=self.wait_timeout)
 
     def give_back(self, session: CopilotSession) -> None:
         """End the request: unbind the user now, disconnect and delete in the background."""

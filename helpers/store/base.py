@@ -1,10 +1,17 @@
 """The session store's interface over one SQL dialect: who owns each session (one row per
-session, made by the application before any turn), the session's files as rows, and leases."""
+session, made by the application before any turn), the session's files as rows, and leases.
+
+A file's content is kept as the parts it was written and appended in (``session_file_parts``, in
+``seq`` order, read back concatenated), so an append to ``events.jsonl`` costs the appended
+bytes, not the whole history. (A store made before this layout, with a ``content`` column in
+``session_files``, is not migrated: start a new one.)
+"""
 
 from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +22,17 @@ TABLES = (
     """CREATE TABLE IF NOT EXISTS session_files (
         session_id TEXT NOT NULL,
         path TEXT NOT NULL,
-        content TEXT NOT NULL,
         kind TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         modified_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (session_id, path))""",
+    """CREATE TABLE IF NOT EXISTS session_file_parts (
+        session_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        content TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (session_id, path, seq))""",
     """CREATE TABLE IF NOT EXISTS session_leases (
         session_id TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
@@ -39,7 +52,34 @@ class Row:
     modified_at: float
 
 
-_COLUMNS = "session_id, path, content, kind, created_at, modified_at"
+_COLUMNS = "session_id, path, kind, created_at, modified_at"
+# A file's row with its parts in order (one result row per part; a folder has none).
+_WITH_PARTS = (
+    "SELECT f.session_id, f.path, f.kind, f.created_at, f.modified_at, p.content "
+    "FROM session_files f LEFT JOIN session_file_parts p "
+    "ON p.session_id = f.session_id AND p.path = f.path"
+)
+_NEXT_PART = (
+    "INSERT INTO session_file_parts (session_id, path, seq, content, bytes) "
+    "SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM session_file_parts "
+    "WHERE session_id = ? AND path = ?"
+)
+_INSIDE = "substr(path, 1, ?) = ?"
+
+
+def _assemble(rows: list[tuple], decode: Callable[[str], str]) -> list[Row]:
+    """Rows of ``_WITH_PARTS`` (ordered by session, path, seq) as one ``Row`` per file."""
+    out: list[Row] = []
+    parts: list[list[str]] = []
+    for session_id, path, kind, created, modified, part in rows:
+        if not out or (out[-1].session_id, out[-1].path) != (session_id, path):
+            out.append(Row(session_id, path, "", kind, created, modified))
+            parts.append([])
+        if part:
+            parts[-1].append(decode(part))
+    for row, pieces in zip(out, parts, strict=True):
+        row.content = "".join(pieces)
+    return out
 
 
 class SessionStore(abc.ABC):
@@ -64,81 +104,183 @@ class SessionStore(abc.ABC):
         for sql in TABLES:
             await self.execute(sql)
 
-    async def read(self, session_id: str, path: str) -> Row | None:
-        """The row of ``path`` in the session, or ``None``."""
+    def encode(self, text: str) -> str:
+        """Content as the engine stores it (PostgreSQL text cannot hold NUL: it escapes it)."""
+        return text
+
+    def decode(self, text: str) -> str:
+        """The inverse of ``encode``."""
+        return text
+
+    async def read(self, session_id: str, path: str, content: bool = True) -> Row | None:
+        """The row of ``path`` in the session, its parts joined, or ``None``.
+
+        ``content=False``: the kind and times only (``content`` is ``""``), whatever the size.
+        """
+        if not content:
+            rows, _ = await self.execute(
+                f"SELECT {_COLUMNS} FROM session_files WHERE session_id = ? AND path = ?",
+                (session_id, path),
+            )
+            return Row(rows[0][0], rows[0][1], "", *rows[0][2:]) if rows else None
         rows, _ = await self.execute(
-            f"SELECT {_COLUMNS} FROM session_files WHERE session_id = ? AND path = ?",
+            f"{_WITH_PARTS} WHERE f.session_id = ? AND f.path = ? ORDER BY p.seq",
             (session_id, path),
         )
-        return Row(*rows[0]) if rows else None
+        return _assemble(rows, self.decode)[0] if rows else None
 
-    async def write(self, session_id: str, path: str, content: str, kind: str) -> None:
-        """Create or replace ``path`` (a ``file`` or a ``directory``)."""
-        now = time.time()
-        await self.execute(
-            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (session_id, path) DO UPDATE SET content = excluded.content, "
-            "kind = excluded.kind, modified_at = excluded.modified_at",
-            (session_id, path, content, kind, now, now),
-        )
-
-    async def append(self, session_id: str, path: str, content: str) -> None:
-        """Append to a file in one statement (created when missing)."""
-        now = time.time()
-        await self.execute(
-            f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, 'file', ?, ?) "
-            "ON CONFLICT (session_id, path) DO UPDATE SET "
-            "content = session_files.content || excluded.content, "
-            "modified_at = excluded.modified_at",
-            (session_id, path, content, now, now),
-        )
-
-    async def under(self, session_id: str, folder: str) -> list[Row]:
-        """Every row strictly inside ``folder``."""
-        prefix = folder.rstrip("/") + "/"
+    async def kinds(self, session_id: str, paths: list[str]) -> dict[str, str]:
+        """``path -> kind`` for those of ``paths`` that have a row (one query, no content)."""
+        if not paths:
+            return {}
         rows, _ = await self.execute(
-            f"SELECT {_COLUMNS} FROM session_files "
-            "WHERE session_id = ? AND substr(path, 1, ?) = ? ORDER BY path",
+            "SELECT path, kind FROM session_files WHERE session_id = ? "
+            f"AND path IN ({', '.join('?' * len(paths))})",
+            (session_id, *paths),
+        )
+        return dict(rows)
+
+    def _folders(
+        self, session_id: str, folders: list[str], now: float
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        return [
+            (
+                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, 'directory', ?, ?) "
+                "ON CONFLICT (session_id, path) DO NOTHING",
+                (session_id, folder, now, now),
+            )
+            for folder in folders
+        ]
+
+    async def write(
+        self,
+        session_id: str,
+        path: str,
+        content: str,
+        kind: str,
+        folders: list[str] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Create or replace ``path`` (a ``file`` or a ``directory``): one part, or none.
+
+        ``folders`` (the missing parents) are created first, in the same transaction.
+        """
+        now = time.time()
+        statements = self._folders(session_id, list(folders), now) + [
+            (
+                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (session_id, path) DO UPDATE SET "
+                "kind = excluded.kind, modified_at = excluded.modified_at",
+                (session_id, path, kind, now, now),
+            ),
+            (
+                "DELETE FROM session_file_parts WHERE session_id = ? AND path = ?",
+                (session_id, path),
+            ),
+        ]
+        if content:
+            statements.append(
+                (
+                    "INSERT INTO session_file_parts (session_id, path, seq, content, bytes) "
+                    "VALUES (?, ?, 1, ?, ?)",
+                    (session_id, path, self.encode(content), len(content.encode())),
+                )
+            )
+        await self.transaction(statements)
+
+    async def append(
+        self,
+        session_id: str,
+        path: str,
+        content: str,
+        folders: list[str] = (),  # type: ignore[assignment]
+    ) -> None:
+        """Append one part to a file (created when missing): the cost is the part, not the file."""
+        now = time.time()
+        statements = self._folders(session_id, list(folders), now) + [
+            (
+                f"INSERT INTO session_files ({_COLUMNS}) VALUES (?, ?, 'file', ?, ?) "
+                "ON CONFLICT (session_id, path) DO UPDATE SET modified_at = excluded.modified_at",
+                (session_id, path, now, now),
+            )
+        ]
+        if content:
+            size = len(content.encode())
+            statements.append(
+                (_NEXT_PART, (session_id, path, self.encode(content), size, session_id, path))
+            )
+        await self.transaction(statements)
+
+    async def size(self, session_id: str, path: str) -> int:
+        """The file's size in UTF-8 bytes, summed over its parts (no content is sent)."""
+        rows, _ = await self.execute(
+            "SELECT COALESCE(SUM(bytes), 0) FROM session_file_parts "
+            "WHERE session_id = ? AND path = ?",
+            (session_id, path),
+        )
+        return int(rows[0][0])
+
+    async def under(self, session_id: str, folder: str, content: bool = True) -> list[Row]:
+        """Every row strictly inside ``folder`` (``content=False``: names and kinds only)."""
+        prefix = folder.rstrip("/") + "/"
+        if not content:
+            rows, _ = await self.execute(
+                f"SELECT {_COLUMNS} FROM session_files "
+                f"WHERE session_id = ? AND {_INSIDE} ORDER BY path",
+                (session_id, len(prefix), prefix),
+            )
+            return [Row(r[0], r[1], "", *r[2:]) for r in rows]
+        rows, _ = await self.execute(
+            f"{_WITH_PARTS} WHERE f.session_id = ? AND substr(f.path, 1, ?) = ? "
+            "ORDER BY f.path, p.seq",
             (session_id, len(prefix), prefix),
         )
-        return [Row(*r) for r in rows]
+        return _assemble(rows, self.decode)
 
     async def has_under(self, session_id: str, folder: str) -> bool:
         """True when at least one row lies strictly inside ``folder`` (no content is read)."""
         prefix = folder.rstrip("/") + "/"
         rows, _ = await self.execute(
-            "SELECT 1 FROM session_files WHERE session_id = ? AND substr(path, 1, ?) = ? LIMIT 1",
+            f"SELECT 1 FROM session_files WHERE session_id = ? AND {_INSIDE} LIMIT 1",
             (session_id, len(prefix), prefix),
         )
         return bool(rows)
 
     async def remove(self, session_id: str, path: str, recursive: bool) -> int:
         """Delete ``path`` (and, when ``recursive``, all under it); return rows deleted."""
-        _, count = await self.execute(
-            "DELETE FROM session_files WHERE session_id = ? AND path = ?", (session_id, path)
-        )
-        if recursive:
-            prefix = path.rstrip("/") + "/"
-            _, more = await self.execute(
-                "DELETE FROM session_files WHERE session_id = ? AND substr(path, 1, ?) = ?",
-                (session_id, len(prefix), prefix),
+        prefix = path.rstrip("/") + "/"
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for table in ("session_file_parts", "session_files"):
+            statements.append(
+                (f"DELETE FROM {table} WHERE session_id = ? AND path = ?", (session_id, path))
             )
-            count += more
-        return count
+            if recursive:
+                statements.append(
+                    (
+                        f"DELETE FROM {table} WHERE session_id = ? AND {_INSIDE}",
+                        (session_id, len(prefix), prefix),
+                    )
+                )
+        changed = await self.transaction(statements)
+        return sum(changed[len(changed) // 2 :])  # the rows of session_files
 
     async def move(self, session_id: str, src: str, dest: str) -> None:
         """Rename ``src`` (a file, or a folder with everything in it) to ``dest``."""
         await self.remove(session_id, dest, recursive=True)
-        await self.execute(
-            "UPDATE session_files SET path = ? WHERE session_id = ? AND path = ?",
-            (dest, session_id, src),
-        )
         prefix = src.rstrip("/") + "/"
-        await self.execute(
-            "UPDATE session_files SET path = ? || substr(path, CAST(? AS INTEGER)) "
-            "WHERE session_id = ? AND substr(path, 1, ?) = ?",
-            (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
-        )
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for table in ("session_files", "session_file_parts"):
+            statements += [
+                (
+                    f"UPDATE {table} SET path = ? WHERE session_id = ? AND path = ?",
+                    (dest, session_id, src),
+                ),
+                (
+                    f"UPDATE {table} SET path = ? || substr(path, CAST(? AS INTEGER)) "
+                    f"WHERE session_id = ? AND {_INSIDE}",
+                    (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
+                ),
+            ]
+        await self.transaction(statements)
 
     # Ownership: one row per session in ``sessions``, written before the session's first turn.
 
@@ -188,15 +330,15 @@ class SessionStore(abc.ABC):
             where, args = [*where, f"session_id IN ({_OWNED})"], [*args, user]
         if session_id is not None:
             where, args = [*where, "session_id = ?"], [*args, session_id]
+        where = [w if w == "1 = 1" else f"f.{w}" for w in where]
         rows, _ = await self.execute(
-            f"SELECT {_COLUMNS} FROM session_files WHERE {' AND '.join(where)} "
-            "ORDER BY session_id, path",
+            f"{_WITH_PARTS} WHERE {' AND '.join(where)} ORDER BY f.session_id, f.path, p.seq",
             tuple(args),
         )
-        return [Row(*r) for r in rows]
+        return _assemble(rows, self.decode)
 
     # Tables keyed by session id whose rows go with their session (leases first, then files).
-    PER_SESSION_TABLES: tuple[str, ...] = ("session_leases", "session_files")
+    PER_SESSION_TABLES: tuple[str, ...] = ("session_leases", "session_file_parts", "session_files")
 
     async def delete_user(self, user: str) -> int:
         """Delete the user's sessions with every row that belongs to them, in one transaction.

@@ -10,6 +10,8 @@ from helpers.errors import StoreError
 from helpers.store.base import SessionStore
 
 CONNECT_TIMEOUT_S = 5
+# PostgreSQL text cannot hold NUL: it is stored as _ESC + U+E002, and _ESC itself as _ESC + U+E001.
+_ESC = "\ue000"
 
 
 class PostgresStore(SessionStore):
@@ -44,6 +46,16 @@ class PostgresStore(SessionStore):
             cursor = await self._conn.execute(sql, args)
             rows = await cursor.fetchall() if cursor.description else []
             return rows, cursor.rowcount
+
+    def encode(self, text: str) -> str:
+        if "\x00" not in text and _ESC not in text:
+            return text
+        return text.replace(_ESC, _ESC + "\ue001").replace("\x00", _ESC + "\ue002")
+
+    def decode(self, text: str) -> str:
+        if _ESC not in text:
+            return text
+        return text.replace(_ESC + "\ue002", "\x00").replace(_ESC + "\ue001", _ESC)
 
     async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         async with self._lock, self._conn.transaction():

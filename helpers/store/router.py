@@ -73,9 +73,8 @@ class Router:
 
         Raises ``NotYourSession`` (unknown or foreign id, nothing ran), ``LeaseBusy`` (waited
         ``wait_s``), ``TimeoutError`` (the turn took over ``timeout_s``, default
-        ``turn_timeout_s``; it was aborted) or
-        ``LeaseExpired`` (the lease was lost; the turn was aborted). Only a returned reply is a
-        turn that ran alone on its session.
+        ``turn_timeout_s``; it was aborted) or ``LeaseExpired`` (the lease was lost; the turn
+        was aborted). Only a returned reply is a turn that ran alone on its session.
         """
         await self.store.check_owner(user, session_id)
         name = self.pick(session_id)
@@ -94,7 +93,9 @@ class Router:
             ):
                 await self.store.check_owner(user, session_id)  # deleted while we waited?
                 fresh = not await self.store.started(session_id)
-                session = await lease.guard(self.open(self.clients[name], session_id, user, fresh))
+                async with asyncio.timeout(self.turn_timeout_s):  # a resume that hangs, too
+                    opening = self.open(self.clients[name], session_id, user, fresh)
+                    session = await lease.guard(opening)
                 idle = asyncio.Event()
                 unsubscribe = session.on(lambda event: _is_idle(event) and idle.set())
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import posixpath
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from copilot.rpc import SessionFSReaddirWithTypesEntry, SessionFSReaddirWithType
 from copilot.session_fs_provider import SessionFsFileInfo, SessionFsProvider
 
 from helpers.events import parse_events
-from helpers.store.base import Row, SessionStore
+from helpers.store.base import SessionStore
 
 __all__ = ["SESSION_FS", "StoreFs", "store_fs", "stored_events"]
 
@@ -29,8 +30,18 @@ def _missing(path: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "no such file or directory", path)
 
 
+def _fail(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
 def _clean(path: str) -> str:
     return posixpath.normpath("/" + path.lstrip("/"))
+
+
+def _ancestors(path: str) -> list[str]:
+    """The folders above ``path``, outermost first (``/a/b/c`` -> ``/a``, ``/a/b``)."""
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _when(stamp: float) -> datetime:
@@ -38,7 +49,13 @@ def _when(stamp: float) -> datetime:
 
 
 class StoreFs(SessionFsProvider):
-    """One session's files, read and written as rows: ``(session id, path) -> content``."""
+    """One session's files, read and written as rows: ``(session id, path) -> content``.
+
+    It behaves as a directory on disk does (tests/test_store_fs_model.py compares the two on
+    random call sequences): writes and appends create missing parent folders, a file in the way
+    of a path is ``ENOTDIR``, a missing one ``ENOENT``; ``rm`` of a folder needs ``recursive``
+    (as Node's ``fs.rm``); ``rename`` follows POSIX ``rename(2)``.
+    """
 
     def __init__(
         self, store: SessionStore, session_id: str, calls: Counter[str] | None = None
@@ -50,70 +67,102 @@ class StoreFs(SessionFsProvider):
         self.calls[name] += 1
         return _clean(path)
 
-    async def _row(self, path: str) -> Row | None:
-        return await self.store.read(self.session_id, path)
+    async def _kinds(self, *paths: str) -> dict[str, str]:
+        kinds = await self.store.kinds(self.session_id, [p for p in paths if p != "/"])
+        return {"/": "directory", **kinds}
 
-    async def _is_dir(self, path: str, row: Row | None, children: list[Row] | None = None) -> bool:
-        """Whether ``path`` is a folder, given its ``row`` (and rows under it) already read."""
-        if path == "/":
-            return True
-        if row is not None:
-            return row.kind == "directory"
-        if children is not None:
-            return bool(children)
-        return await self.store.has_under(self.session_id, path)
+    @staticmethod
+    def _blocked(kinds: dict[str, str], path: str) -> OSError | None:
+        """Why the folders above ``path`` cannot hold it (a file in the way, a missing folder)."""
+        for folder in _ancestors(path):
+            kind = kinds.get(folder)
+            if kind == "file":
+                return _fail(errno.ENOTDIR, path)
+            if kind is None:
+                return _missing(path)
+        return None
+
+    async def _absent(self, path: str) -> OSError:
+        """The error for a path that has no row: ENOTDIR when a file is in the way, else ENOENT."""
+        return self._blocked(await self._kinds(*_ancestors(path)), path) or _missing(path)
+
+    async def _put(self, path: str, content: str, append: bool) -> None:
+        above = _ancestors(path)
+        kinds = await self._kinds(*above, path)
+        if any(kinds.get(folder) == "file" for folder in above):
+            raise _fail(errno.ENOTDIR, path)
+        if kinds.get(path) == "directory":
+            raise _fail(errno.EISDIR, path)
+        missing = [folder for folder in above if folder not in kinds]
+        if append:
+            await self.store.append(self.session_id, path, content, missing)
+        else:
+            await self.store.write(self.session_id, path, content, "file", missing)
 
     async def read_file(self, path: str) -> str:
         path = self._count("read_file", path)
-        row = await self._row(path)
-        if row is None or row.kind != "file":
-            raise _missing(path)
+        row = await self.store.read(self.session_id, path)
+        if row is None:
+            raise await self._absent(path)
+        if row.kind != "file":
+            raise _fail(errno.EISDIR, path)
         return row.content
 
     async def write_file(self, path: str, content: str, mode: int | None = None) -> None:
-        path = self._count("write_file", path)
-        await self.store.write(self.session_id, path, content, "file")
+        await self._put(self._count("write_file", path), content, append=False)
 
     async def append_file(self, path: str, content: str, mode: int | None = None) -> None:
-        path = self._count("append_file", path)
-        await self.store.append(self.session_id, path, content)
+        await self._put(self._count("append_file", path), content, append=True)
 
     async def exists(self, path: str) -> bool:
         path = self._count("exists", path)
-        row = await self._row(path)
-        return row is not None or await self._is_dir(path, row)
+        found = path == "/" or await self.store.read(self.session_id, path, content=False)
+        return bool(found)
 
     async def stat(self, path: str) -> SessionFsFileInfo:
         path = self._count("stat", path)
-        row = await self._row(path)
-        if row is not None:
-            size = len(row.content.encode()) if row.kind == "file" else 0
-            return SessionFsFileInfo(
-                is_file=row.kind == "file",
-                is_directory=row.kind == "directory",
-                size=size,
-                mtime=_when(row.modified_at),
-                birthtime=_when(row.created_at),
-            )
-        if await self._is_dir(path, row):
+        if path == "/":
             now = datetime.now(UTC)
             return SessionFsFileInfo(False, True, 0, now, now)
-        raise _missing(path)
+        row = await self.store.read(self.session_id, path, content=False)
+        if row is None:
+            raise await self._absent(path)
+        is_file = row.kind == "file"
+        size = await self.store.size(self.session_id, path) if is_file else 0
+        return SessionFsFileInfo(
+            is_file=is_file,
+            is_directory=not is_file,
+            size=size,
+            mtime=_when(row.modified_at),
+            birthtime=_when(row.created_at),
+        )
 
     async def mkdir(self, path: str, recursive: bool, mode: int | None = None) -> None:
         path = self._count("mkdir", path)
-        row = None if path == "/" else await self._row(path)
-        if not await self._is_dir(path, row):
-            await self.store.write(self.session_id, path, "", "directory")
+        above = _ancestors(path)
+        kinds = await self._kinds(*above, path)
+        if any(kinds.get(folder) == "file" for folder in above):
+            raise _fail(errno.ENOTDIR, path)
+        kind = kinds.get(path)
+        if kind == "file" or (kind == "directory" and not recursive):
+            raise _fail(errno.EEXIST, path)
+        if kind == "directory":
+            return
+        missing = [folder for folder in above if folder not in kinds]
+        if missing and not recursive:
+            raise _missing(path)
+        await self.store.write(self.session_id, path, "", "directory", missing)
 
     async def _entries(self, path: str) -> dict[str, str]:
-        children = await self.store.under(self.session_id, path)
-        row = None if path == "/" else await self._row(path)
-        if not await self._is_dir(path, row, children):
-            raise _missing(path)
+        if path != "/":
+            row = await self.store.read(self.session_id, path, content=False)
+            if row is None:
+                raise await self._absent(path)
+            if row.kind != "directory":
+                raise _fail(errno.ENOTDIR, path)
         prefix = path.rstrip("/") + "/"
         entries: dict[str, str] = {}
-        for child in children:
+        for child in await self.store.under(self.session_id, path, content=False):
             name, *rest = child.path[len(prefix) :].split("/")
             entries[name] = "directory" if rest or child.kind == "directory" else "file"
         return entries
@@ -131,16 +180,37 @@ class StoreFs(SessionFsProvider):
 
     async def rm(self, path: str, recursive: bool, force: bool) -> None:
         path = self._count("rm", path)
-        removed = await self.store.remove(self.session_id, path, recursive)
-        if not removed and not force:
-            raise _missing(path)
+        kinds = await self._kinds(*_ancestors(path), path)
+        kind = kinds.get(path)
+        if kind is None:
+            if force:
+                return
+            raise self._blocked(kinds, path) or _missing(path)
+        if path == "/" or (kind == "directory" and not recursive):
+            raise _fail(errno.EISDIR, path)
+        await self.store.remove(self.session_id, path, recursive=True)
 
     async def rename(self, src: str, dest: str) -> None:
         src = self._count("rename", src)
         dest = _clean(dest)
-        row = await self._row(src)
-        if row is None and not await self._is_dir(src, row):
+        kinds = await self._kinds(*_ancestors(src), src, *_ancestors(dest), dest)
+        blocked = self._blocked(kinds, src) or self._blocked(kinds, dest)
+        if blocked is not None:
+            raise blocked
+        moving, there = kinds.get(src), kinds.get(dest)
+        if moving is None:
             raise _missing(src)
+        if src == dest:
+            return
+        if moving == "directory" and dest.startswith(src.rstrip("/") + "/"):
+            raise _fail(errno.EINVAL, dest)
+        if there is not None:
+            if src.startswith(dest.rstrip("/") + "/"):
+                raise _fail(errno.ENOTEMPTY, dest)
+            if there != moving:
+                raise _fail(errno.EISDIR if there == "directory" else errno.ENOTDIR, dest)
+            if there == "directory" and await self.store.has_under(self.session_id, dest):
+                raise _fail(errno.ENOTEMPTY, dest)
         await self.store.move(self.session_id, src, dest)
 
 

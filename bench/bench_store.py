@@ -1,6 +1,6 @@
 """Benchmark: resume and one turn with a session's files in a local directory, SQLite, PostgreSQL.
 
-Run: .venv/bin/python tests/bench_store.py [--rounds 20] [--no-quickack]
+Run: .venv/bin/python bench/bench_store.py [--rounds 20] [--no-quickack]
 Uses the local stand-in model, which answers at once, so the figures are SDK + runtime + store.
 PostgreSQL: the server in DATABASE_URL, else a throwaway one (needs PostgreSQL's binaries).
 Prints figures only; nothing here is asserted.
@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections import Counter
+from pathlib import Path
 
 from copilot import CopilotClient
-from pg_server import find_bin_dir, start_postgres
-from support import TIMEOUT
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway server
+from pg_server import find_bin_dir, start_postgres  # noqa: E402
+from support import TIMEOUT  # noqa: E402
 
 from helpers.model.backends import choose_backend
 from helpers.notebook.session_costs import measure_session_costs

@@ -1,0 +1,192 @@
+"""Benchmark: a long conversation's turn and resume cost against its length, three ways.
+
+Run: .venv/bin/python bench/bench_conversation.py [--turns 800] [--prompt-chars 2000]
+
+One session per place, the same turns in each: the session's files in a local
+``config_directory``, in the SQLite store and in the PostgreSQL store (through ``session_fs``;
+PostgreSQL is the server in DATABASE_URL, else a throwaway one, else skipped). At each checkpoint
+(10, 50, 100, 200, 400, 800 turns, and the last) it times the median of the last 10 turns and the
+median of 3 resumes. The three conversations advance in lockstep (turn t everywhere, then t + 1),
+so load from elsewhere on the machine hits them alike. Uses the local stand-in model, which
+answers at once. Writes the plot to tmp/bench-conversation.png; the last line is for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway server
+from pg_server import find_bin_dir, start_postgres  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from helpers.model.backends import choose_backend  # noqa: E402
+from helpers.notebook.display import table  # noqa: E402
+from helpers.run import TMP, relative, remove_dir, run_dir  # noqa: E402
+from helpers.runtime.server import start_server  # noqa: E402
+from helpers.store import open_store  # noqa: E402
+from helpers.store.session_fs import SESSION_FS, store_fs  # noqa: E402
+
+TIMEOUT = 120
+LOCAL = "local directory"
+
+
+def checkpoints(turns: int) -> list[int]:
+    return sorted({c for c in (10, 50, 100, 200, 400, 800) if c <= turns} | {turns})
+
+
+class Conversation:
+    """One session in one place, taken turn by turn; checkpoints time turns and resumes."""
+
+    def __init__(self, label: str, client, options: dict) -> None:
+        self.label, self.client, self.options = label, client, options
+        self.recent: list[float] = []
+        self.rows: list[dict] = []
+
+    async def start(self) -> None:
+        self.session = await self.client.create_session(**self.options)
+
+    async def turn(self, prompt: str) -> None:
+        started = time.perf_counter()
+        await self.session.send_and_wait(prompt, timeout=TIMEOUT)
+        self.recent = [*self.recent[-9:], (time.perf_counter() - started) * 1000]
+
+    async def checkpoint(self, turns: int) -> None:
+        resumes, sid = [], self.session.session_id
+        for _ in range(3):
+            await self.session.disconnect()
+            started = time.perf_counter()
+            self.session = await self.client.resume_session(sid, **self.options)
+            resumes.append((time.perf_counter() - started) * 1000)
+        self.rows.append(
+            {
+                "where": self.label,
+                "turns": turns,
+                "turn ms": round(statistics.median(self.recent), 1),
+                "resume ms": round(statistics.median(resumes), 1),
+            }
+        )
+
+
+async def lockstep(places: list[Conversation], turns: int, chars: int) -> list[dict]:
+    """The same turns in every place, one place after the other for each turn, so that a busy
+    machine slows all of them alike and the ratios at a checkpoint compare like with like."""
+    filler = ("lorem ipsum dolor sit amet " * (chars // 27 + 1))[:chars]
+    marks = set(checkpoints(turns))
+    for place in places:
+        await place.start()
+    for turn in tqdm(range(1, turns + 1), desc="turns", unit="turn"):
+        prompt = f"Turn {turn}: remember this. {filler}"[:chars]
+        for place in places:
+            await place.turn(prompt)
+        if turn in marks:
+            for place in places:
+                await place.checkpoint(turn)
+    for place in places:
+        await place.session.disconnect()
+    return [row for place in places for row in place.rows]
+
+
+async def bench(turns: int, chars: int, url: str) -> list[dict]:
+    run = run_dir("bench-conversation")
+    backend = choose_backend("local", env={})
+    plain = start_server(backend, home=run / "plain")
+    with_fs = start_server(backend, home=run / "with-fs")
+    stores: dict = {}
+    try:
+        options = dict(available_tools=[], **backend.session_kwargs())
+        stores["SQLite"] = await open_store(run, "")
+        if url:
+            stores["PostgreSQL"] = await open_store(run, url, schema="bench_conversation")
+        async with plain.connect() as local, with_fs.connect(session_fs=SESSION_FS) as fs:
+            places = [
+                Conversation(LOCAL, local, dict(config_directory=str(run / "dir"), **options))
+            ]
+            for label, store in stores.items():
+                opts = dict(create_session_fs_handler=store_fs(store), **options)
+                places.append(Conversation(label, fs, opts))
+            rows = await lockstep(places, turns, chars)
+    finally:
+        for store in stores.values():
+            if store.engine == "postgresql":
+                store.drop_schema()  # type: ignore[attr-defined]
+            await store.close()
+        plain.stop()
+        with_fs.stop()
+        backend.close()
+        remove_dir(run)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for where in dict.fromkeys(r["where"] for r in rows):
+        mine = [r for r in rows if r["where"] == where]
+        for ax, what in zip(axes, ("turn ms", "resume ms"), strict=True):
+            ax.plot([r["turns"] for r in mine], [r[what] for r in mine], marker="o", label=where)
+    for ax, title in zip(axes, ("turn (median of the last 10), ms", "resume, ms"), strict=True):
+        ax.set_xlabel("turns in the conversation")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=800)
+    parser.add_argument("--prompt-chars", type=int, default=2000)
+    args = parser.parse_args()
+    url, server = os.environ.get("DATABASE_URL", ""), None
+    if not url and find_bin_dir() is not None:
+        server = start_postgres()
+        url = server.url
+        print(f"PostgreSQL: a throwaway server in {relative(server.root)}")
+    elif not url:
+        print("PostgreSQL: skipped (no DATABASE_URL, no binaries: apt-get install postgresql)")
+    try:
+        rows = asyncio.run(bench(args.turns, args.prompt_chars, url))
+    finally:
+        if server is not None:
+            server.stop()
+    at = {(r["where"], r["turns"]): r for r in rows}
+    first, last = checkpoints(args.turns)[0], args.turns
+    for r in rows:
+        base = at[(LOCAL, r["turns"])]
+        r["turn vs local"] = f"{r['turn ms'] / base['turn ms']:.2f}x"
+        r["resume vs local"] = f"{r['resume ms'] / base['resume ms']:.2f}x"
+    table(rows)
+    path = TMP / "bench-conversation.png"
+    plot(rows, path)
+    print(f"\nplot: tmp/{path.name}")
+    stores = [w for w in ("SQLite", "PostgreSQL") if (w, last) in at]
+    local_growth = at[(LOCAL, last)]["turn ms"] / at[(LOCAL, first)]["turn ms"]
+    print(f"{LOCAL}: turn at {last} = {local_growth:.2f}x turn at {first} (the runtime and model)")
+    for where in stores:
+        grew = at[(where, last)]["turn ms"] / at[(where, first)]["turn ms"]
+        resume = at[(where, last)]["resume ms"] / at[(LOCAL, last)]["resume ms"]
+        print(f"{where}: turn at {last} = {grew:.2f}x turn at {first}; resume {resume:.2f}x local")
+    ratio = {w: at[(w, last)]["turn ms"] / at[(LOCAL, last)]["turn ms"] for w in stores}
+    growth = max(at[(w, last)]["turn ms"] / at[(w, first)]["turn ms"] for w in stores)
+    pg = f"{ratio['PostgreSQL']:.2f}x" if "PostgreSQL" in ratio else "skipped"
+    print(
+        f"long conversation at {last} turns: SQLite turn {ratio['SQLite']:.2f}x local, "
+        f"PostgreSQL turn {pg} local, growth {growth:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
