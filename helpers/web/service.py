@@ -20,6 +20,7 @@ from typing import Any
 
 from copilot import CopilotClient
 from copilot.session import CopilotSession
+from copilot.tools import Tool
 
 from helpers.errors import (
     Draining,
@@ -76,9 +77,14 @@ class Service:
     """One runtime and its client; the store (owners, files, leases); tokens, locks, pool, drain."""
 
     def __init__(
-        self, folder: Path, settings: Settings | None = None, tokens: TokenBook | None = None
+        self,
+        folder: Path,
+        settings: Settings | None = None,
+        tokens: TokenBook | None = None,
+        tools: list[Tool] | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.conversation_tools = list(tools or [])  # the tools a conversation's model may call
         self.settings = settings or Settings()
         self.tokens = tokens or TokenBook()
         self.locks = SessionLocks()
@@ -360,7 +366,8 @@ class Service:
         options = dict(
             create_session_fs_handler=store_fs(self.store),
             streaming=True,
-            available_tools=[],
+            tools=self.conversation_tools,
+            available_tools=[f"custom:{tool.name}" for tool in self.conversation_tools],
             **self._model_kwargs(user),
         )
         if not await self.store.started(conversation):
