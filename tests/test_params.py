@@ -4,6 +4,7 @@ rules (one CODENAME rule, one message, in every notebook)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -17,6 +18,17 @@ NB01 = "01_multi_user_long_lived.ipynb"
 NB02 = "02_multi_user_short_lived.ipynb"
 NB03 = "03_serving_many_users.ipynb"
 NB04 = "04_beyond_one_runtime.ipynb"
+ALL = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameters_of(name: str) -> str:
+    cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+    return next(
+        "".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", [])
+    )
+
+
+WITH_CODENAME = [name for name in ALL if re.search(r"^CODENAME = ", parameters_of(name), re.M)]
 NB05 = "05_making_it_fast.ipynb"
 
 
@@ -43,12 +55,12 @@ def refused(name: str, *expected: str, **overrides: Any) -> str:
     return message
 
 
-@pytest.mark.parametrize("name", [NB01, NB02, NB03, NB04, NB05])
+@pytest.mark.parametrize("name", ALL)
 def test_each_notebook_accepts_its_own_defaults(name: str) -> None:
     check_cell(name)
 
 
-@pytest.mark.parametrize("name", [NB01, NB02, NB03, NB04, NB05])
+@pytest.mark.parametrize("name", ALL)
 def test_the_check_cell_comes_right_after_the_parameters_and_before_anything_starts(
     name: str,
 ) -> None:
@@ -57,7 +69,7 @@ def test_the_check_cell_comes_right_after_the_parameters_and_before_anything_sta
     assert "parameters" in next(c for c in cells if c["cell_type"] == "code")["metadata"]["tags"]
     assert code[1].lstrip().startswith("from helpers.notebook import params as p"), code[1]
     assert "p.check(" in code[1]
-    for starts in ("run_dir(", "choose_backend(", "shared_server(", "start_server("):
+    for starts in ("run_dir(", "choose_backend(", "shared_server(", "start_server(", "start_web("):
         assert starts not in code[0] + code[1], f"{starts} runs before the check"
 
 
@@ -79,7 +91,7 @@ def test_notebook_01_names_every_bad_value_at_once() -> None:
     refused(NB01, "SESSION_A = 'a.2' is not allowed", SESSION_A="a.2")
 
 
-@pytest.mark.parametrize("name", [NB01, NB03, NB04])
+@pytest.mark.parametrize("name", WITH_CODENAME)
 @pytest.mark.parametrize("codename", ["line\nbreak-1", 'ZE"PH\\YR-42', "ORION-5!", "12345", "x"])
 def test_every_notebook_refuses_a_bad_codename_with_the_same_message(
     name: str, codename: str
@@ -88,7 +100,7 @@ def test_every_notebook_refuses_a_bad_codename_with_the_same_message(
     assert "letters (of any script), digits, '-', '_' and single spaces inside" in message
 
 
-@pytest.mark.parametrize("name", [NB01, NB03, NB04])
+@pytest.mark.parametrize("name", WITH_CODENAME)
 def test_a_codename_with_accents_and_spaces_is_accepted_and_kept_in_nfc(name: str) -> None:
     decomposed = "E\u0301meraude Heron 7"  # É typed as E + a combining accent
     namespace = check_cell(name, CODENAME=decomposed)
