@@ -8,6 +8,7 @@ PostgreSQL already goes through psycopg's async API.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class AsyncSqliteStore(SessionStore):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # no statement of another request inside a transaction
 
     async def connect(self) -> AsyncSqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +46,22 @@ class AsyncSqliteStore(SessionStore):
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
         if self._db is None:
             raise StoreDown(f"the session store ({self.describe()}) is closed")
-        async with self._db.execute(sql, args) as cursor:
+        async with self._lock, self._db.execute(sql, args) as cursor:
             rows = await cursor.fetchall()
             return [tuple(r) for r in rows], cursor.rowcount
+
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        if self._db is None:
+            raise StoreDown(f"the session store ({self.describe()}) is closed")
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [(await self._db.execute(sql, args)).rowcount for sql, args in statements]
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+            return counts
 
     async def close(self) -> None:
         db, self._db = self._db, None

@@ -304,9 +304,9 @@ class Service:
                 async with held(
                     self.store,
                     conversation,
-                    self.holder,
                     ttl_s=self.settings.lease_ttl_s,
                     wait_s=self.settings.turn_timeout_s,
+                    label=self.holder,
                 ) as lease:
                     renewing = asyncio.ensure_future(self._renew(lease))
                     try:
@@ -349,12 +349,12 @@ class Service:
 
     async def _open(self, user: str, conversation: str) -> CopilotSession:
         options = dict(
-            create_session_fs_handler=store_fs(self.store, user),
+            create_session_fs_handler=store_fs(self.store),
             streaming=True,
             available_tools=[],
             **self._model_kwargs(user),
         )
-        if await self.store.owner(conversation) is None:
+        if not await self.store.started(conversation):  # no file stored yet: a new session
             return await self.client.create_session(session_id=conversation, **options)
         return await self.client.resume_session(conversation, **options)
 
@@ -396,7 +396,7 @@ class Service:
             tools=self._tools,
             available_tools=ALLOWLIST,
             streaming=True,
-            create_session_fs_handler=store_fs(self.store, POOL_USER),
+            create_session_fs_handler=store_fs(self.store),
             **self.backend.session_kwargs(),
         )
 
