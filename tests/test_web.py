@@ -65,6 +65,12 @@ def new_conversation(http: httpx.Client, token: str) -> str:
     return response.json()["id"]
 
 
+def owners(web: ServiceThread) -> list[tuple]:
+    """Every ownership row of the store (session id, owner, created)."""
+    rows, _ = web.call(web.service.store.execute("SELECT * FROM sessions ORDER BY session_id"))
+    return rows
+
+
 def final(events: list[tuple[str, dict]]) -> tuple[str, dict]:
     return events[-1]
 
@@ -97,7 +103,7 @@ def test_a_reply_streams_then_the_whole_message(web, tokens, http) -> None:
 def test_refusals_never_reach_the_runtime(web, tokens, http) -> None:
     cid = new_conversation(http, tokens["A"])
     say(http, tokens["A"], cid, f"Remember: the codename is {CODENAME}.")
-    before = (web.model_requests(), web.runtime_sessions(), web.service.registry.rows())
+    before = (web.model_requests(), web.runtime_sessions(), owners(web))
     path = f"/conversations/{cid}/messages"
     unknown = "user-a-0000000000000000"
     cases = {
@@ -153,7 +159,7 @@ def test_refusals_never_reach_the_runtime(web, tokens, http) -> None:
     other, missing = cases["B sends to A's"].json(), cases["unknown id"].json()
     assert other["error"] == missing["error"]
     assert other["message"].replace(cid, "<id>") == missing["message"].replace(unknown, "<id>")
-    after = (web.model_requests(), web.runtime_sessions(), web.service.registry.rows())
+    after = (web.model_requests(), web.runtime_sessions(), owners(web))
     assert after == before, "no refused request reached the model, the runtime or the registry"
     history = http.get(path, headers=auth(tokens["A"])).json()["messages"]
     assert len(history) == 2, "A's conversation is unchanged"
@@ -186,7 +192,7 @@ def test_a_per_user_limit_answers_429_with_retry_after(web, tokens, http) -> Non
     assert final(others)[0] == "message", "another user is not limited by C's turns"
     standin = web.service.backend.standin
     assert not any("third at once" in m for r in standin.requests for m in r.user_messages)
-    assert web.call(web.service.store.owner(ids[2])) is None, "the runtime never saw it"
+    assert not web.call(web.service.store.started(ids[2])), "the runtime never saw it"
     assert all(final(results[i])[0] == "message" for i in range(2))
 
 
@@ -437,7 +443,8 @@ def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
     ):
         assert response.status_code == 404 and response.json()["error"] == "not_found"
     assert web.call(web.service.store.rows(session_id=cid)) == [], "no stored row is left"
-    assert cid not in web.service.registry.sessions_of("A") and cid not in web.runtime_sessions()
+    assert cid not in web.call(web.service.store.sessions_of("A"))
+    assert cid not in web.runtime_sessions() and web.call(web.service.store.owner(cid)) is None
     before = web.service.files_of("A").snapshot()
     for path in ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname"):
         refused = http.put(f"/files/{path}", json={"content": "x"}, headers=auth(tokens["A"]))

@@ -18,7 +18,7 @@ def test_the_benchmark_runs_both_modes_without_errors_or_leaks() -> None:
     web = ServiceThread(Settings(pool_size=1))
     try:
         points = web.call(bench.compare(web.service, web.url, (1, 4), turns=1), 180)
-        left = web.service.registry.rows()
+        left, _ = web.call(web.service.store.execute("SELECT session_id FROM sessions"))
     finally:
         web.stop()
     assert [(p.mode, p.users) for p in points] == [

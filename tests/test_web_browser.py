@@ -111,7 +111,7 @@ def test_two_users_at_once_each_see_only_their_own(web: ServiceThread) -> None:
     assert CODENAMES["A"] not in texts["B"] and CODENAMES["B"] not in texts["A"]
     assert CODENAMES["A"] not in b_after, "B's page never shows A's codename"
     for user in CODENAMES:
-        assert options[user] == web.service.registry.sessions_of(user), "only their own"
+        assert options[user] == web.call(web.service.store.sessions_of(user)), "only their own"
         assert len(options[user]) == 1 and options[user][0].startswith(f"user-{user.lower()}-")
 
 

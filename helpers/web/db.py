@@ -8,6 +8,7 @@ PostgreSQL already goes through psycopg's async API.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class AsyncSqliteStore(SessionStore):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one connection: a transaction's statements stay together
 
     async def connect(self) -> AsyncSqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,11 +44,30 @@ class AsyncSqliteStore(SessionStore):
         return self
 
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
+        async with self._lock:
+            async with self._open().execute(sql, args) as cursor:
+                rows = await cursor.fetchall()
+                return [tuple(r) for r in rows], cursor.rowcount
+
+    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        async with self._lock:
+            db = self._open()
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = []
+                for sql, args in statements:
+                    async with db.execute(sql, args) as cursor:
+                        counts.append(cursor.rowcount)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+            return counts
+
+    def _open(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StoreDown(f"the session store ({self.describe()}) is closed")
-        async with self._db.execute(sql, args) as cursor:
-            rows = await cursor.fetchall()
-            return [tuple(r) for r in rows], cursor.rowcount
+        return self._db
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -73,7 +94,10 @@ async def open_web_store(folder: Path, schema: str = "") -> SessionStore:
 
 
 async def forget_session_rows(store: SessionStore, session_id: str) -> int:
-    """Delete every stored file and the lease of one session; return the file rows deleted."""
-    await store.execute("DELETE FROM session_leases WHERE session_id = ?", (session_id,))
-    _, count = await store.execute("DELETE FROM session_files WHERE session_id = ?", (session_id,))
-    return count
+    """Delete one session's rows in every table (its files, lease and owner), in one transaction;
+    return the file rows deleted."""
+    tables = (*store.PER_SESSION_TABLES, "sessions")
+    counts = await store.transaction(
+        [(f"DELETE FROM {table} WHERE session_id = ?", (session_id,)) for table in tables]
+    )
+    return counts[list(tables).index("session_files")]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from copilot.tools import Tool
 
 from helpers.web.app import create_app
 from helpers.web.auth import TokenBook
@@ -106,6 +107,7 @@ async def start_web(
     host: str = "127.0.0.1",
     port: int = 0,
     tokens: TokenBook | None = None,
+    tools: list[Tool] | None = None,
 ) -> WebServer:
     """Start the service (runtime, store, pool) and serve it over HTTP.
 
@@ -115,11 +117,12 @@ async def start_web(
         host: The interface to listen on (loopback by default).
         port: The port; 0 picks a free one.
         tokens: The sign-in tokens to keep (after a restart); a new, empty book by default.
+        tools: Tools the model may call in conversations (none by default).
 
     Returns:
         The running server; ``server.url``, ``server.service``, ``await server.stop()``.
     """
-    service = await Service(folder, settings, tokens).start()
+    service = await Service(folder, settings, tokens, tools).start()
     try:
         return await WebServer(service, host, port).start()
     except BaseException:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,16 @@ from typing import Any
 
 from copilot import CopilotClient
 from copilot.session import CopilotSession
+from copilot.tools import Tool
 
-from helpers.errors import Draining, NotStored, RuntimeDown, StoreDown, TooManyTurns
+from helpers.errors import (
+    Draining,
+    NotStored,
+    NotYourSession,
+    RuntimeDown,
+    StoreDown,
+    TooManyTurns,
+)
 from helpers.model.backends import Backend, choose_backend
 from helpers.runtime import transport
 from helpers.runtime.server import RuntimeServer, attach_server, start_server
@@ -28,10 +37,9 @@ from helpers.serving.credentials import UserTokens
 from helpers.serving.drain import Drain
 from helpers.serving.locks import SessionLocks
 from helpers.serving.pool import SessionPool
-from helpers.serving.registry import SessionRegistry
 from helpers.serving.sweep import sweep
 from helpers.store.base import SessionStore
-from helpers.store.lease import Lease, held
+from helpers.store.lease import held
 from helpers.store.session_fs import SESSION_FS, store_fs, stored_events
 from helpers.tools.file_tools import ALLOWLIST
 from helpers.tools.routed_tools import routed_file_tools
@@ -41,7 +49,6 @@ from helpers.web.db import forget_session_rows, open_web_store
 from helpers.web.turns import Turn
 
 STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
-POOL_USER = "pool"  # the store's user of prepared-ahead sessions (their rows go with them)
 
 
 @dataclass
@@ -61,17 +68,23 @@ class Settings:
     supervise_every_s: float = 0.5
     abort_abandoned: bool = True
     lock_turns: bool = True
+    lease_turns: bool = True
     restart_runtime: bool = True
     schema: str = "web"  # PostgreSQL only: the schema of this service's tables
 
 
 class Service:
-    """One runtime and its clients, the store, the registry, tokens, locks, pool and drain."""
+    """One runtime and its client; the store (owners, files, leases); tokens, locks, pool, drain."""
 
     def __init__(
-        self, folder: Path, settings: Settings | None = None, tokens: TokenBook | None = None
+        self,
+        folder: Path,
+        settings: Settings | None = None,
+        tokens: TokenBook | None = None,
+        tools: list[Tool] | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.conversation_tools = list(tools or [])  # the tools a conversation's model may call
         self.settings = settings or Settings()
         self.tokens = tokens or TokenBook()
         self.locks = SessionLocks()
@@ -86,7 +99,6 @@ class Service:
         self.backend: Backend
         self.server: RuntimeServer
         self.store: SessionStore
-        self.registry: SessionRegistry
         self.client: CopilotClient
         self.pool: SessionPool
         self._supervisor: asyncio.Task[None] | None = None
@@ -105,7 +117,6 @@ class Service:
                 start_server, self.backend, home=self.folder / "runtime"
             )
         self.store = await open_web_store(self.folder, schema=self.settings.schema)
-        self.registry = SessionRegistry(self.folder / "registry.sqlite")
         await self._connect()
         self._supervisor = asyncio.ensure_future(self._supervise())
         return self
@@ -158,7 +169,7 @@ class Service:
                     await sweep(self.client, self.settings.orphan_age_s, keep=self._keep)
 
     def _keep(self, session_id: str) -> bool:
-        return self.registry.owner(session_id) is not None or session_id in self.pool.created
+        return session_id.startswith("user-") or session_id in self.pool.created
 
     async def recover(self) -> None:
         """Start the runtime again on the same home and connect a new client and pool."""
@@ -200,8 +211,6 @@ class Service:
         self.server.stop()
         with contextlib.suppress(Exception):
             await self.store.close()
-        with contextlib.suppress(Exception):
-            self.registry.close()
         self.backend.close()
 
     def stop_now(self) -> None:
@@ -209,13 +218,15 @@ class Service:
         self.gate.accepting = False
         if self._supervisor is not None:
             self._supervisor.cancel()
+        sock = transport.client_socket(self.client) if hasattr(self, "client") else None
+        if sock is not None:  # a runtime with a client still connected takes ~3 s to stop
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(AttributeError):
             self.server.stop()
         close_now = getattr(getattr(self, "store", None), "close_now", None)
         if close_now is not None:
             close_now()
-        with contextlib.suppress(Exception):
-            self.registry.close()
         with contextlib.suppress(AttributeError):
             self.backend.close()
 
@@ -255,7 +266,12 @@ class Service:
 
     async def check_owner(self, user: str, conversation: str) -> None:
         """``NotYourSession`` unless ``user`` owns ``conversation`` (same for unknown ids)."""
-        await asyncio.to_thread(self.registry.check_owner, user, conversation)
+        try:
+            await self.store.check_owner(user, conversation)
+        except NotYourSession:
+            raise
+        except Exception as exc:
+            raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
 
     def _model_kwargs(self, user: str) -> dict[str, Any]:
         kwargs = self.backend.session_kwargs()
@@ -267,11 +283,18 @@ class Service:
 
     async def create_conversation(self, user: str) -> str:
         """A new conversation of ``user``: the id is ours, the owner recorded; no turn yet."""
-        return await asyncio.to_thread(self.registry.new_id, user)
+        return await self._stored(self.store.new_id(user))
 
     async def conversations(self, user: str) -> list[str]:
         """The ids ``user`` owns, oldest first."""
-        return await asyncio.to_thread(self.registry.sessions_of, user)
+        return await self._stored(self.store.sessions_of(user))
+
+    async def _stored(self, work: Any) -> Any:
+        """Await a store call; a database that does not answer is ``StoreDown`` (503)."""
+        try:
+            return await work
+        except Exception as exc:
+            raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
 
     async def history(self, user: str, conversation: str) -> list[dict[str, str]]:
         """The conversation's messages, read from the session's own events in the store."""
@@ -292,7 +315,6 @@ class Service:
                 await forget_session_rows(self.store, conversation)
             except Exception as exc:
                 raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
-            await asyncio.to_thread(self.registry.forget, conversation)
         self.locks.forget(conversation)
 
     def send(self, user: str, conversation: str, text: str) -> Turn:
@@ -301,23 +323,13 @@ class Service:
         @contextlib.asynccontextmanager
         async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
             async with self.gate.request(), self._turn_lock(conversation):
-                async with held(
-                    self.store,
-                    conversation,
-                    self.holder,
-                    ttl_s=self.settings.lease_ttl_s,
-                    wait_s=self.settings.turn_timeout_s,
-                ) as lease:
-                    renewing = asyncio.ensure_future(self._renew(lease))
+                async with self._lease(conversation):
+                    session = await self._open(user, conversation)
                     try:
-                        session = await self._open(user, conversation)
-                        try:
-                            yield session
-                        finally:
-                            with contextlib.suppress(Exception):
-                                await session.disconnect()
+                        yield session
                     finally:
-                        renewing.cancel()
+                        with contextlib.suppress(Exception):
+                            await session.disconnect()
 
         async def stored(result: Any) -> None:
             await self._check_stored(conversation, text)
@@ -333,14 +345,17 @@ class Service:
             )
         )
 
-    async def _renew(self, lease: Lease) -> None:
-        """Keep the lease while the turn runs; a crashed holder's lease lapses in ``ttl_s``."""
-        while True:
-            await asyncio.sleep(lease.ttl_s / 3)
-            try:
-                await lease.renew()
-            except Exception:  # lost it, or the store is down: ``held`` says so at the end
-                return
+    def _lease(self, conversation: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Notebook 04's lease, one per request (renewed while it runs), unless switched off."""
+        if not self.settings.lease_turns:
+            return contextlib.nullcontext()
+        return held(
+            self.store,
+            conversation,
+            ttl_s=self.settings.lease_ttl_s,
+            wait_s=self.settings.turn_timeout_s,
+            label=self.holder,
+        )
 
     def _turn_lock(self, conversation: str) -> contextlib.AbstractAsyncContextManager[None]:
         if not self.settings.lock_turns:
@@ -349,12 +364,13 @@ class Service:
 
     async def _open(self, user: str, conversation: str) -> CopilotSession:
         options = dict(
-            create_session_fs_handler=store_fs(self.store, user),
+            create_session_fs_handler=store_fs(self.store),
             streaming=True,
-            available_tools=[],
+            tools=self.conversation_tools,
+            available_tools=[f"custom:{tool.name}" for tool in self.conversation_tools],
             **self._model_kwargs(user),
         )
-        if await self.store.owner(conversation) is None:
+        if not await self.store.started(conversation):
             return await self.client.create_session(session_id=conversation, **options)
         return await self.client.resume_session(conversation, **options)
 
@@ -396,7 +412,7 @@ class Service:
             tools=self._tools,
             available_tools=ALLOWLIST,
             streaming=True,
-            create_session_fs_handler=store_fs(self.store, POOL_USER),
+            create_session_fs_handler=store_fs(self.store),
             **self.backend.session_kwargs(),
         )
 

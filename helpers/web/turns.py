@@ -17,7 +17,15 @@ from typing import Any
 
 from copilot.session import CopilotSession
 
-from helpers.errors import Draining, LeaseBusy, NotStored, RuntimeDown, RuntimeGone, StoreDown
+from helpers.errors import (
+    Draining,
+    LeaseBusy,
+    LeaseExpired,
+    NotStored,
+    RuntimeDown,
+    RuntimeGone,
+    StoreDown,
+)
 
 ABORT_WAIT_S = 10.0
 
@@ -39,6 +47,8 @@ def error_code(exc: BaseException) -> str:
         return "draining"
     if isinstance(exc, LeaseBusy):
         return "busy"
+    if isinstance(exc, LeaseExpired):
+        return "lease_lost"
     if isinstance(exc, TimeoutError):
         return "timeout"
     return "internal"
