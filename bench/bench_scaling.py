@@ -41,7 +41,7 @@ def machine_busy() -> tuple[float, float]:
 
 
 async def point(runtimes: list, clients: dict, level: int, count: int, backend) -> dict:
-    router = Router(clients, store=None, turn=None)  # type: ignore[arg-type]  # only pick() is used
+    router = Router(clients, store=None, open=None)  # type: ignore[arg-type]  # only pick() is used
     fs = VirtualFS("A")
 
     async def one(i: int) -> None:

@@ -370,9 +370,10 @@ async def _main(
                     )
                     took = time.perf_counter() - started
                     shown = ", ".join(f"{k} {counts[k]}" for k in KINDS)
+                    ran = n or trials(CASES[name][1])
+                    held = " + 1 held" if name == "claim" else ""
                     print(
-                        f"{engine:10} {name:12} trials {n or trials(CASES[name][1]):4}: {shown}"
-                        f" ({took:.0f} s)",
+                        f"{engine:10} {name:12} trials {ran}{held}: {shown} ({took:.0f} s)",
                         flush=True,
                     )
                 if engine == "postgresql":

@@ -56,9 +56,10 @@ def test_the_sdk_changes_line_says_what_is_switched_on(monkeypatch: pytest.Monke
     monkeypatch.setitem(transport._state, "installed", True)
     monkeypatch.setitem(transport._state, "nodelay", True)
     monkeypatch.setitem(transport._state, "quickack", True)
+    monkeypatch.setitem(transport._state, "buffered", False)
     monkeypatch.setitem(watchdog._state, "installed", True)
     line = startup.sdk_changes()
-    assert "TCP_NODELAY and TCP_QUICKACK on every client's socket" in line
+    assert "TCP_NODELAY, TCP_QUICKACK on every client's socket" in line
     assert "a turn fails at once when its runtime dies" in line
     monkeypatch.setitem(transport._state, "nodelay", False)
     monkeypatch.setitem(transport._state, "quickack", False)

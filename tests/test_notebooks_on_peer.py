@@ -23,8 +23,8 @@ SHOWN = {
     "03": [
         "gave up after",
         "a request was in flight when the drain began: True",
-        "each of the 8 files is in its own user's filesystem",
     ],
+    "05": ["each of the 8 files is in its own user's filesystem"],
 }
 ALL = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -41,7 +41,7 @@ def has_solutions(name: str) -> bool:
 
 
 def test_every_numbered_notebook_is_picked_up() -> None:
-    assert {"01", "02", "03", "04"} <= {name[:2] for name in ALL}
+    assert {"01", "02", "03", "04", "05", "06"} <= {name[:2] for name in ALL}
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -27,6 +27,7 @@ from helpers.model.replies import Reply, compose_reply
 MODEL_ID = "stand-in"
 LOG_LIMIT = 200
 MAX_BODY = 8 * 1024 * 1024
+POLL_S = 0.05  # how often the serving loop checks for stop(); the default 0.5 s delays each stop
 ARGUMENT_PIECE = 24  # characters of a tool call's arguments per streamed chunk
 ROUTES = {"GET": ("/v1/models", "/models"), "POST": ("/v1/chat/completions", "/chat/completions")}
 MODELS = {
@@ -77,7 +78,10 @@ class StandInModel:
             return self
         self._server = _Server((self._host, self._port), _Handler, self)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="stand-in-model", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": POLL_S},
+            name="stand-in-model",
+            daemon=True,
         )
         self._thread.start()
         return self
