@@ -90,7 +90,8 @@ async def test_another_users_id_is_refused_before_any_turn(system: NewSystem) ->
 
 
 async def test_a_request_that_loses_its_lease_aborts_its_turn(system: NewSystem) -> None:
-    """Item 7's other side: a lost lease stops the turn at once and is never a success."""
+    """Item 7's other side: a lost lease stops the turn at once and is never a success; the
+    turn's writes after the loss are refused (``case_stall`` has a new holder that writes)."""
     session_id = await system.make_session("u8")
     await system.send("runtime-1", "u8", session_id, "Hello.")
     router = system.routers["runtime-1"]
@@ -117,7 +118,7 @@ async def test_a_request_that_loses_its_lease_aborts_its_turn(system: NewSystem)
     assert (await system.store.lease_of(session_id))[0] == "thief", "the thief's lease stays"  # type: ignore[index]
     events = await stored_events(system.store, session_id)
     kinds = [e["type"] for e in events]
-    assert kinds[-1] != "assistant.message" and "abort" in kinds, kinds[-6:]
+    assert kinds[-1] != "assistant.message", kinds[-6:]  # its late writes were refused
     assert forks(events) == 0
 
 

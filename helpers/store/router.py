@@ -31,6 +31,9 @@ from helpers.store.session_fs import EVENTS
 Opener = Callable[[Any, str, str, bool], Awaitable[Any]]
 STRATEGIES = ("least-busy", "hash")
 STOP_S = 10.0  # how long an aborted turn may take to go idle, and a disconnect to finish
+# With the lease lost, the runtime's writes of the aborted turn are refused and its idle may never
+# come: wait less (the store is safe either way; the disconnect unloads the session).
+LOST_STOP_S = 1.0
 
 
 @dataclass
@@ -170,7 +173,7 @@ async def _close(
     that is created again by the next request.
     """
     if stop:
-        await stop_turn(session, idle)
+        await stop_turn(session, idle, LOST_STOP_S if lease.lost.is_set() else STOP_S)
     with contextlib.suppress(Exception):
         unsubscribe()
     try:
