@@ -105,8 +105,19 @@ class Lease:
         The renewal must answer before the lease's safe time is up (else ``TimeoutError``).
         """
         asked = time.monotonic()
-        async with asyncio.timeout(max(0.0, self.safe_until - asked)):
-            renewed = await self.store.extend_lease(self.session_id, self.holder, self.ttl_s)
+        renewed = False
+        if asked < self.safe_until:  # else: counted lost by our clock, whatever the row says
+            try:
+                async with asyncio.timeout(self.safe_until - asked):
+                    renewed = await self.store.extend_lease(
+                        self.session_id, self.holder, self.ttl_s
+                    )
+            except TimeoutError:
+                self.lost.set()
+                raise LeaseExpired(
+                    f"the renewal of {self.holder}'s lease on session {self.session_id!r} did "
+                    f"not answer before its safe time ran out (ttl {self.ttl_s} s)"
+                ) from None
         if not renewed:
             self._expired(await self.store.lease_of(self.session_id))
         self.safe_until = asked + self.ttl_s - self.margin
