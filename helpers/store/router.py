@@ -121,14 +121,7 @@ class Router:
         cancellation cannot cut (``finish``); a session that could not be closed keeps the
         lease until it runs out (``lease.keep``), and its late writes are refused after that.
         """
-        ready = await self.store.ready(session_id)
-        if not ready and await self.store.read(session_id, EVENTS, content=False):
-            # A first turn stored, but its request ended before it could say so: resume it.
-            await self.store.mark_ready(session_id, lease.holder)
-            ready = True
-        if not ready and await self.store.started(session_id):
-            # A create cut part-way (its request was cancelled): no resume can load these rows.
-            await self.store.remove(session_id, "/", recursive=True, holder=lease.holder)
+        ready = await resume_or_create(self.store, session_id, lease.holder)
         token = current_lease.set(lease)  # the opener's store_fs fences on the request's lease
         try:
             opening = asyncio.ensure_future(
@@ -186,6 +179,23 @@ async def _close(
             async with asyncio.timeout(STOP_S):
                 if await store.read(session.session_id, EVENTS, content=False):
                     await store.mark_ready(session.session_id, lease.holder)
+
+
+async def resume_or_create(store: SessionStore, session_id: str, holder: str | None) -> bool:
+    """True: resume the session; False: create it (after removing a create cut part-way).
+
+    ``ready`` says a create returned whole; a stored first turn whose request ended before it
+    could say so counts too. Rows without either are a create that a cancelled request cut: no
+    resume can load them, so they go (fenced on ``holder``, as every write of the request is).
+    """
+    if await store.ready(session_id):
+        return True
+    if await store.read(session_id, EVENTS, content=False):
+        await store.mark_ready(session_id, holder)
+        return True
+    if await store.started(session_id):
+        await store.remove(session_id, "/", recursive=True, holder=holder)
+    return False
 
 
 async def _drop_opening(
