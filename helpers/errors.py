@@ -91,6 +91,11 @@ class LeaseExpired(TutorialError, RuntimeError):
     """Our lease ran out (and may have passed to another holder) before we released it."""
 
 
+class WriteRefused(LeaseExpired):
+    """The store refused a session write: its token no longer holds the lease, or the session
+    was deleted. The runtime sees the error; the request reports ``LeaseExpired``."""
+
+
 # A web backend
 
 

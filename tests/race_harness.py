@@ -13,7 +13,22 @@ with a timing offset taken across the case's dangerous window, then counts what 
   stopped.
 
 The suite runs a few trials per case (``tests/test_races.py``); for a long run:
-``RACE_TRIALS=200 .venv/bin/python tests/race_harness.py [--engine sqlite|postgresql|both]``.
+``RACE_TRIALS=200 .venv/bin/python tests/race_harness.py [--engine sqlite|postgresql|both]
+[--case NAME ...]``.
+
+What the cases caught on older code (no adapter for it is kept; the counts are a reviewer's,
+taken by driving these cases through the code before each fix):
+
+- before ownership rows and per-request leases: ``claim`` 3 leaks in 9 trials; ``one-runtime``
+  3 timeouts in 8; ``timeout`` 5 timeouts; ``renew`` 8 forks in 8. (``claim``'s held-open window
+  changes nothing on the current code: mallory is refused by the owner check first.)
+- before fenced writes and a cancellation-proof clean-up (the reviewer's probes of the same
+  scenarios): ``stall`` forked the history in 6 of 8 trials on each engine; ``cancel-anyio``
+  forked it or gave the model stale context in 7 of 12 on SQLite and, on PostgreSQL, closed the
+  store's one connection in 9 of 9 cancelled requests (every later request failed);
+  ``cancel-task`` held (0 in 6 and 0 in 10); ``delete`` left rows of the deleted user in 6 of 8
+  (SQLite) and 4 of 6 (PostgreSQL); ``create-cancel`` made 13 of 24 later requests fail (the
+  session could never be resumed).
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import time
@@ -29,6 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from copilot import CopilotClient
 
 from helpers.events import forks, user_texts
@@ -78,8 +95,11 @@ class NewSystem(System):
     clients: dict[str, CopilotClient]
     options: dict[str, Any]
     lease_ttl_s: float = 30.0
+    standin: Any = None  # the local model's request log, to see what context a turn was given
     routers: dict[str, Any] = field(default_factory=dict)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)  # runtime -> stall (``stalled``)
+    opening: asyncio.Event = field(default_factory=asyncio.Event)  # set as an open starts
 
     def __post_init__(self) -> None:
         from helpers.store.router import Router
@@ -87,8 +107,10 @@ class NewSystem(System):
         for name, client in self.clients.items():
             self.routers[name] = Router(
                 {name: client},
-                self.store,
-                self.open,
+                _Stalling(self.store, lambda name=name: self.delays.get(name, 0.0)),
+                lambda client, sid, user, fresh, name=name: self.open_on(
+                    name, client, sid, user, fresh
+                ),
                 turn_timeout_s=TURN_TIMEOUT_S,
                 lease_ttl_s=self.lease_ttl_s,
             )
@@ -102,7 +124,13 @@ class NewSystem(System):
         self.store.check_owner = held_check
 
     async def open(self, client: CopilotClient, session_id: str, user: str, fresh: bool) -> Any:
-        handler = store_fs(self.store)
+        return await self.open_on("", client, session_id, user, fresh)
+
+    async def open_on(
+        self, name: str, client: CopilotClient, session_id: str, user: str, fresh: bool
+    ) -> Any:
+        self.opening.set()
+        handler = store_fs(self.routers[name].store if name else self.store)
         if fresh:
             return await client.create_session(
                 session_id=session_id, create_session_fs_handler=handler, **self.options
@@ -125,6 +153,35 @@ class NewSystem(System):
             self.gates.pop(user, None)
         else:
             self.gates[user] = gate
+
+    @contextlib.contextmanager
+    def stalled(self, runtime: str, delay_s: float) -> Any:
+        """In the block, ``runtime``'s lease renewals and session writes each land ``delay_s``
+        late (a slow database round trip, a paused process)."""
+        self.delays[runtime] = delay_s
+        try:
+            yield
+        finally:
+            self.delays.pop(runtime, None)
+
+
+class _Stalling:
+    """The store, with lease renewals and writes delayed by ``delay()`` seconds (0: none)."""
+
+    def __init__(self, store: Any, delay: Callable[[], float]) -> None:
+        self._store, self._delay = store, delay
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._store, name)
+        if name not in ("extend_lease", "write", "append", "remove", "move"):
+            return found
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            if self._delay():
+                await asyncio.sleep(self._delay())
+            return await found(*args, **kwargs)
+
+        return late
 
 
 @contextlib.asynccontextmanager
@@ -311,6 +368,152 @@ async def case_renew(system: System, offset: float) -> Counter[str]:
     )
 
 
+async def case_stall(system: System, offset: float) -> Counter[str]:
+    """Review 3: runtime 1's renewals and writes land one TTL late during a 2.5 s turn (its lease
+    runs out mid-turn); runtime 2 asks ``offset`` in, takes the lease and takes a turn. Runtime 1's
+    late writes must be refused: runtime 2's turn is stored whole, the history stays a chain, and
+    runtime 1 reports no success."""
+    session_id = await _ready(system, "u11")
+    r1, r2 = system.names
+    slow = f"Wait {SLOW_S} seconds, then say hello ({tag()})."
+    other = f"Note from runtime 2 ({tag()})."
+    with system.stalled(r1, RENEW_TTL_S):  # type: ignore[attr-defined]
+        stalled, thief = await asyncio.gather(
+            attempt(0, lambda: system.send(r1, "u11", session_id, slow), slow),
+            attempt(offset, lambda: system.send(r2, "u11", session_id, other), other),
+        )
+    counts = await after_turns(system, "u11", session_id, [o for o in (thief,) if o.ok], [thief])
+    counts["errors"] += stalled.ok  # its lease ran out mid-turn: never a success
+    if os.environ.get("RACE_DEBUG"):
+        print(f"stall at {offset:.2f} s: r1 {stalled.error!r}, r2 {thief.error!r}: {dict(counts)}")
+    return counts
+
+
+async def case_cancel(system: System, offset: float, how: str = "anyio") -> Counter[str]:
+    """Review 2: a request on runtime 1 is cancelled ``offset`` into a 1 s turn, as a server does
+    when its client hangs up: ``anyio`` (a cancel scope, cancelling again at every await, as
+    Starlette's) or ``task`` (one ``task.cancel()``). Later turns of the session on both runtimes,
+    and another user's, must run on the stored history (no fork, no stale model context)."""
+    session_id = await _ready(system, "u9")
+    message = f"Wait 1 seconds, then say hello ({tag()})."
+    if how == "anyio":
+        with anyio.move_on_after(offset):
+            with contextlib.suppress(Exception):
+                await system.send(system.names[0], "u9", session_id, message)
+    else:
+        task = asyncio.ensure_future(system.send(system.names[0], "u9", session_id, message))
+        await asyncio.sleep(offset)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, TURN_TIMEOUT_S)
+    return await after_turns(system, "u9", session_id, [], [], follow=3)
+
+
+async def case_delete(system: System, offset: float) -> Counter[str]:
+    """Review 5: the user is deleted ``offset`` into a 2.5 s turn of theirs. No row of the session
+    (file, lease) may be left once the turn has ended (``leaks``); and a turn cut by the delete
+    must not report success (``errors``)."""
+    user = f"u12{tag()}"
+    session_id = await _ready(system, user)
+    slow = f"Wait {SLOW_S} seconds, then say hello ({tag()})."
+    turn = asyncio.ensure_future(
+        attempt(0, lambda: system.send(system.names[0], user, session_id, slow), slow)
+    )
+    await asyncio.sleep(offset)
+    await system.store.delete_user(user)
+    done = await turn
+    await asyncio.sleep(0.5)  # what the runtime still had to write
+    counts: Counter[str] = Counter()
+    left = await system.store.rows(session_id=session_id)
+    counts["leaks"] += bool(left) or await system.store.lease_of(session_id) is not None
+    counts["errors"] += done.ok and offset < 1.0  # cut by the delete well before its end
+    return counts
+
+
+async def case_create_cancel(system: System, offset: float, how: str = "task") -> Counter[str]:
+    """Review 4: a new session's first request is cancelled ``offset`` after its open (the
+    ``create_session``) started, with one ``task.cancel()`` or an anyio cancel scope. The next
+    requests (runtime 2, 1) must work: none may fail, the history must be a chain."""
+    session_id = await system.make_session("u13")
+    first = f"Hello ({tag()})."
+    opening: asyncio.Event = system.opening  # type: ignore[attr-defined]
+    opening.clear()
+
+    async def send() -> None:
+        with contextlib.suppress(Exception):
+            await system.send(system.names[0], "u13", session_id, first)
+
+    async def cancel_later(cancel: Callable[[], Any]) -> None:
+        await asyncio.wait_for(opening.wait(), TURN_TIMEOUT_S)
+        await asyncio.sleep(offset)
+        cancel()
+
+    if how == "anyio":
+        with anyio.CancelScope() as scope:
+            killer = asyncio.ensure_future(cancel_later(scope.cancel))
+            await send()
+    else:
+        task = asyncio.ensure_future(send())
+        killer = asyncio.ensure_future(cancel_later(task.cancel))
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, TURN_TIMEOUT_S)
+    killer.cancel()
+    with contextlib.suppress(BaseException):
+        await killer
+    await asyncio.sleep(0.5)  # what the runtime still writes of the cut create lands first
+    return await after_turns(system, "u13", session_id, [], [], follow=2)
+
+
+async def after_turns(
+    system: System,
+    user: str,
+    session_id: str,
+    succeeded: list[Outcome],
+    must_succeed: list[Outcome],
+    follow: int = 1,
+) -> Counter[str]:
+    """``follow`` more turns of the session (runtime 2, 1, 2, ...) and one of another user's new
+    session on runtime 1, all of which must succeed; then the counts of ``history_counts``, and
+    ``forks`` also for a turn whose model request lacked a stored message (stale context)."""
+    outcomes: list[Outcome] = []
+    stale = 0
+    for n in range(follow):
+        runtime = system.names[(n + 1) % 2]
+        message = f"Follow-up {n} ({tag()})."
+        outcome = await attempt(
+            0, lambda r=runtime, m=message: system.send(r, user, session_id, m), message
+        )
+        outcomes.append(outcome)
+        stale += outcome.ok and _stale(
+            system, session_id, message, await stored_events(system.store, session_id)
+        )
+    other = await system.make_session(f"{user}other")
+    hello = f"Hello from another user ({tag()})."
+    bystander = await attempt(
+        0, lambda: system.send(system.names[0], f"{user}other", other, hello), hello
+    )
+    counts = await history_counts(
+        system.store,
+        session_id,
+        [*succeeded, *[o for o in outcomes if o.ok]],
+        [*must_succeed, *outcomes],
+    )
+    counts["errors"] += not bystander.ok
+    counts["forks"] += stale
+    return counts
+
+
+def _stale(system: System, session_id: str, message: str, events: list[dict[str, Any]]) -> bool:
+    """True when the model's request for ``message`` lacked a user message the store holds."""
+    standin = getattr(system, "standin", None)
+    if standin is None or not standin.requests:
+        return False
+    request = standin.requests[-1]
+    if message not in request.user_messages[-1:]:
+        return False
+    return any(said not in request.user_messages for said in user_texts(events))
+
+
 RENEW_TTL_S = 1.2
 
 # name -> (case, default trials in the suite, offset window in seconds, lease TTL)
@@ -319,6 +522,17 @@ CASES: dict[str, tuple[Callable[..., Awaitable[Counter[str]]], int, tuple[float,
     "one-runtime": (case_one_runtime, 16, (0.0, 0.5), 30.0),
     "timeout": (case_timeout, 4, (0.6, 1.4), 30.0),
     "renew": (case_renew, 4, (0.2, 2.2), RENEW_TTL_S),
+    "stall": (case_stall, 3, (1.3, 1.9), RENEW_TTL_S),
+    "cancel-anyio": (case_cancel, 3, (0.05, 1.3), 30.0),
+    "cancel-task": (functools.partial(case_cancel, how="task"), 2, (0.05, 1.3), 30.0),
+    "delete": (case_delete, 3, (0.3, 2.0), 30.0),
+    "create-cancel": (case_create_cancel, 4, (0.0, 0.06), 30.0),
+    "create-cancel-anyio": (
+        functools.partial(case_create_cancel, how="anyio"),
+        2,
+        (0.0, 0.06),
+        30.0,
+    ),
 }
 
 
@@ -338,7 +552,10 @@ async def run_case(
 
 
 async def _main(
-    engines: list[str], n: int | None, make: Callable[..., System] | None = None
+    engines: list[str],
+    n: int | None,
+    make: Callable[..., System] | None = None,
+    cases: list[str] | None = None,
 ) -> None:
     make = make or NewSystem
     from pg_server import find_bin_dir, start_postgres
@@ -361,10 +578,12 @@ async def _main(
                     print(f"{engine}: skipped (no PostgreSQL binaries)")
                     continue
                 store = await open_store(run, url, schema=f"races_{tag()}" if url else "")
-                for name in CASES:
+                for name in cases or CASES:
                     started = time.perf_counter()
                     counts = await run_case(
-                        lambda ttl, s=store: make(s, clients, options, lease_ttl_s=ttl),
+                        lambda ttl, s=store: make(
+                            s, clients, options, lease_ttl_s=ttl, standin=backend.standin
+                        ),
                         name,
                         n,
                     )
@@ -392,9 +611,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--trials", type=int, default=None, help="per case (else RACE_TRIALS)")
+    parser.add_argument("--case", choices=list(CASES), action="append", help="(repeatable)")
     args = parser.parse_args()
     engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
-    asyncio.run(_main(engines, args.trials))
+    asyncio.run(_main(engines, args.trials, cases=args.case))
 
 
 if __name__ == "__main__":

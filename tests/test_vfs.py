@@ -29,7 +29,8 @@ BAD_PATHS = [
     "   ",
     "a\x00b.md",
     "a//b.md",
-    "./notes.md",
+    "./",
+    "a/./b.md",
     "docs/",
     "tab\there.md",
     "x" * 300,
@@ -46,6 +47,12 @@ def test_bad_paths_are_refused_for_write_and_read_and_nothing_changes(fs: Virtua
     with pytest.raises(VfsError, match="Refused"):
         fs.read(path)
     assert fs.snapshot() == before
+
+
+def test_a_leading_dot_slash_names_the_same_file(fs: VirtualFS) -> None:
+    assert fs.read("./notes.md") == "hello"
+    fs.write("././todo.md", "milk")
+    assert fs.list() == ["notes.md", "todo.md"]
 
 
 def test_file_over_the_size_limit_is_refused(fs: VirtualFS) -> None:

@@ -36,3 +36,25 @@ def test_the_benchmark_runs_both_modes_without_errors_or_leaks() -> None:
     print("\n".join(lines))
     assert lines[-1] == "errors: 0; cross-user leaks: 0"
     assert left == [], "the benchmark deletes its conversations"
+
+
+def test_the_benchmark_script_runs_on_a_short_setting() -> None:
+    import subprocess
+    import sys
+
+    from support import REPO_ROOT, our_runtime_processes
+
+    before = set(our_runtime_processes())
+    done = subprocess.run(
+        [sys.executable, "bench/web.py", "--users", "1,2", "--turns", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2] == "errors: 0; cross-user leaks: 0" and lines[-1] == "plot: tmp/bench-web.png"
+    assert lines[0].startswith("mode | users | turns | first token median ms")
+    assert set(our_runtime_processes()) <= before, "the benchmark left a runtime running"

@@ -10,15 +10,21 @@ bytes, not the whole history. (A store made before this layout, with a ``content
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from helpers.errors import WriteRefused
 from helpers.serving.registry import SESSIONS_TABLE, new_session_id, refusal
 
+# The ownership table of notebook 03's registry, plus ``ready``: set once the session's
+# ``create_session`` returned (a create cut part-way leaves rows a resume cannot load).
+STORE_SESSIONS_TABLE = SESSIONS_TABLE.rstrip(")") + ",\n        ready INTEGER NOT NULL DEFAULT 0)"
+
 TABLES = (
-    SESSIONS_TABLE,
+    STORE_SESSIONS_TABLE,
     """CREATE TABLE IF NOT EXISTS session_files (
         session_id TEXT NOT NULL,
         path TEXT NOT NULL,
@@ -65,6 +71,52 @@ _NEXT_PART = (
     "WHERE session_id = ? AND path = ?"
 )
 _INSIDE = "substr(path, 1, ?) = ?"
+# The fence: the first statement of every write made for a request. It matches (and, on
+# PostgreSQL, locks until the transaction ends) the lease row only while ``holder`` holds it
+# unexpired and the session still has its row in ``sessions``; no match, no write.
+_FENCE = (
+    "UPDATE session_leases SET holder = holder "
+    "WHERE session_id = ? AND holder = ? AND expires_at >= ? "
+    "AND EXISTS (SELECT 1 FROM sessions WHERE session_id = ?)"
+)
+Statement = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
+
+
+def fence(session_id: str, holder: str | None) -> Statement | None:
+    """The guard statement for a write by ``holder`` (``None``: an unfenced write)."""
+    if holder is None:
+        return None
+    return (_FENCE, (session_id, holder, time.time(), session_id))
+
+
+def refused(session_id: str, holder: str) -> WriteRefused:
+    return WriteRefused(
+        f"write to session {session_id!r} refused: {holder} no longer holds its lease "
+        "(it ran out, was taken, or the session was deleted)"
+    )
+
+
+async def finish(work: Awaitable[T]) -> T:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile, then re-raise that.
+
+    ``work`` runs as a task of its own awaited through ``asyncio.shield``; a cancellation of the
+    caller (also one repeated at every await, as an anyio cancel scope does) is held back until
+    the task is done. ``work`` must bound its own time (every wait has a timeout).
+    """
+    task = asyncio.ensure_future(work)
+    cancelled: BaseException | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done() and task.cancelled():
+                raise
+            cancelled = exc
+    if cancelled is not None:
+        task.exception() if not task.cancelled() else None  # noqa: B018 (retrieved: no warning)
+        raise cancelled
+    return task.result()
 
 
 def _assemble(rows: list[tuple], decode: Callable[[str], str]) -> list[Row]:
@@ -159,10 +211,14 @@ class SessionStore(abc.ABC):
         content: str,
         kind: str,
         folders: list[str] = (),  # type: ignore[assignment]
+        holder: str | None = None,
     ) -> None:
         """Create or replace ``path`` (a ``file`` or a ``directory``): one part, or none.
 
-        ``folders`` (the missing parents) are created first, in the same transaction.
+        ``folders`` (the missing parents) are created first, in the same transaction. With
+        ``holder`` (a lease token) the write is fenced: it happens only if that token holds an
+        unexpired lease on the session and the session has its row in ``sessions``, else it
+        raises ``WriteRefused`` (the same for ``append``, ``remove`` and ``move``).
         """
         now = time.time()
         statements = self._folders(session_id, list(folders), now) + [
@@ -185,7 +241,7 @@ class SessionStore(abc.ABC):
                     (session_id, path, self.encode(content), len(content.encode())),
                 )
             )
-        await self.transaction(statements)
+        await self._fenced(statements, session_id, holder)
 
     async def append(
         self,
@@ -193,6 +249,7 @@ class SessionStore(abc.ABC):
         path: str,
         content: str,
         folders: list[str] = (),  # type: ignore[assignment]
+        holder: str | None = None,
     ) -> None:
         """Append one part to a file (created when missing): the cost is the part, not the file."""
         now = time.time()
@@ -208,7 +265,7 @@ class SessionStore(abc.ABC):
             statements.append(
                 (_NEXT_PART, (session_id, path, self.encode(content), size, session_id, path))
             )
-        await self.transaction(statements)
+        await self._fenced(statements, session_id, holder)
 
     async def size(self, session_id: str, path: str) -> int:
         """The file's size in UTF-8 bytes, summed over its parts (no content is sent)."""
@@ -245,7 +302,9 @@ class SessionStore(abc.ABC):
         )
         return bool(rows)
 
-    async def remove(self, session_id: str, path: str, recursive: bool) -> int:
+    async def remove(
+        self, session_id: str, path: str, recursive: bool, holder: str | None = None
+    ) -> int:
         """Delete ``path`` (and, when ``recursive``, all under it); return rows deleted."""
         prefix = path.rstrip("/") + "/"
         statements: list[tuple[str, tuple[Any, ...]]] = []
@@ -260,12 +319,12 @@ class SessionStore(abc.ABC):
                         (session_id, len(prefix), prefix),
                     )
                 )
-        changed = await self.transaction(statements)
+        changed = await self._fenced(statements, session_id, holder)
         return sum(changed[len(changed) // 2 :])  # the rows of session_files
 
-    async def move(self, session_id: str, src: str, dest: str) -> None:
+    async def move(self, session_id: str, src: str, dest: str, holder: str | None = None) -> None:
         """Rename ``src`` (a file, or a folder with everything in it) to ``dest``."""
-        await self.remove(session_id, dest, recursive=True)
+        await self.remove(session_id, dest, recursive=True, holder=holder)
         prefix = src.rstrip("/") + "/"
         statements: list[tuple[str, tuple[Any, ...]]] = []
         for table in ("session_files", "session_file_parts"):
@@ -280,7 +339,14 @@ class SessionStore(abc.ABC):
                     (dest.rstrip("/") + "/", len(prefix) + 1, session_id, len(prefix), prefix),
                 ),
             ]
-        await self.transaction(statements)
+        await self._fenced(statements, session_id, holder)
+
+    async def _fenced(
+        self, statements: list[Statement], session_id: str, holder: str | None
+    ) -> list[int]:
+        if holder is None:
+            return await self.transaction(statements)
+        return await self.transaction(statements, guard=fence(session_id, holder))
 
     # Ownership: one row per session in ``sessions``, written before the session's first turn.
 
@@ -323,6 +389,22 @@ class SessionStore(abc.ABC):
         """True once the runtime has written any file of the session (so: resume, not create)."""
         return await self.has_under(session_id, "/")
 
+    async def ready(self, session_id: str) -> bool:
+        """True once ``create_session`` of the session returned (``mark_ready``): resume it.
+
+        ``started`` is not enough: a create cut part-way (a cancelled first request) leaves
+        folders and no history, and every resume of it fails.
+        """
+        rows, _ = await self.execute(
+            "SELECT ready FROM sessions WHERE session_id = ?", (session_id,)
+        )
+        return bool(rows and rows[0][0])
+
+    async def mark_ready(self, session_id: str, holder: str | None = None) -> None:
+        """Record that the session was created whole (fenced on ``holder`` as a write is)."""
+        statement = ("UPDATE sessions SET ready = 1 WHERE session_id = ?", (session_id,))
+        await self._fenced([statement], session_id, holder)
+
     async def rows(self, user: str | None = None, session_id: str | None = None) -> list[Row]:
         """All file rows, or those of one user's sessions and/or one session."""
         where, args = ["1 = 1"], []
@@ -358,8 +440,14 @@ class SessionStore(abc.ABC):
         return counts[-1]
 
     @abc.abstractmethod
-    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
-        """Run ``statements`` in one transaction (all or none); return each one's changed rows."""
+    async def transaction(
+        self, statements: list[Statement], guard: Statement | None = None
+    ) -> list[int]:
+        """Run ``statements`` in one transaction (all or none); return each one's changed rows.
+
+        ``guard`` runs first in the same transaction; unless it changes exactly one row, nothing
+        is written and ``WriteRefused`` is raised (the lease fence of ``write`` and the others).
+        """
 
     # Leases: one row per session naming the one request (a token) that may hold it open.
 

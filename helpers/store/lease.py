@@ -5,12 +5,19 @@ session on one runtime are two holders, and only one of them gets the lease. Whi
 runs, a heartbeat renews the lease every third of its TTL; a request whose lease could not be
 renewed is told at once (``Lease.lost``) and must stop its turn. A release frees the lease only if
 this token still holds it.
+
+Each renewal has a timeout, and the holder counts its lease as lost a margin (``margin_s``)
+before it runs out by its own clock, whether or not a renewal answered. That alone cannot make one
+holder of a holder that stalls (a paused process writes late), so the store fences every write
+made for the request (``StoreFs(lease=...)``): it happens only while this token holds the lease,
+in the same transaction, and is refused otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -18,10 +25,15 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from helpers.errors import LeaseBusy, LeaseExpired
-from helpers.store.base import SessionStore
+from helpers.store.base import SessionStore, finish
 
 POLL_S = 0.02
 T = TypeVar("T")
+# The lease of the request whose session is being opened (set by ``Router.send`` around its
+# opener): ``store_fs`` called in the opener fences the session's writes on it.
+current_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
+    "current_lease", default=None
+)
 
 
 def request_token(label: str = "request") -> str:
@@ -38,11 +50,28 @@ class Lease:
     ttl_s: float = 30.0
     holder: str = field(default_factory=request_token)
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+    margin_s: float | None = None  # counted lost this long before expiry (default: ttl / 5)
+    keep: bool = False  # set when the session could not be closed: let the lease run out
+    safe_until: float = 0.0  # time.monotonic() until which we count the lease as ours
+
+    @property
+    def margin(self) -> float:
+        return self.ttl_s / 5 if self.margin_s is None else self.margin_s
 
     async def acquire(self, wait_s: float = 0.0) -> Lease:
         """Take the lease, waiting up to ``wait_s`` for the holder; else raise ``LeaseBusy``."""
         deadline = time.monotonic() + wait_s
-        while not await self.store.try_lease(self.session_id, self.holder, self.ttl_s):
+        while True:
+            asked = time.monotonic()
+            try:
+                taken = await self.store.try_lease(self.session_id, self.holder, self.ttl_s)
+            except asyncio.CancelledError:  # taken just before? give it back (ours only)
+                with contextlib.suppress(Exception):
+                    await finish(asyncio.wait_for(self.release(), max(self.ttl_s, 1.0)))
+                raise
+            if taken:
+                self.safe_until = asked + self.ttl_s - self.margin
+                break
             if time.monotonic() >= deadline:
                 current = await self.store.lease_of(self.session_id)
                 who = current[0] if current else "another request"
@@ -58,7 +87,7 @@ class Lease:
         current = await self.store.lease_of(self.session_id)
         if self.lost.is_set() or current is None or current[0] != self.holder:
             self._expired(current)
-        if current[1] < time.time():  # type: ignore[index]
+        if current[1] < time.time() or time.monotonic() >= self.safe_until:  # type: ignore[index]
             self._expired(current)
 
     def _expired(self, current: tuple[str, float] | None) -> None:
@@ -71,21 +100,40 @@ class Lease:
         )
 
     async def renew(self) -> None:
-        """Push the expiry ``ttl_s`` ahead; raise ``LeaseExpired`` if it ran out or was taken."""
-        if not await self.store.extend_lease(self.session_id, self.holder, self.ttl_s):
+        """Push the expiry ``ttl_s`` ahead; raise ``LeaseExpired`` if it ran out or was taken.
+
+        The renewal must answer before the lease's safe time is up (else ``TimeoutError``).
+        """
+        asked = time.monotonic()
+        renewed = False
+        if asked < self.safe_until:  # else: counted lost by our clock, whatever the row says
+            try:
+                async with asyncio.timeout(self.safe_until - asked):
+                    renewed = await self.store.extend_lease(
+                        self.session_id, self.holder, self.ttl_s
+                    )
+            except TimeoutError:
+                self.lost.set()
+                raise LeaseExpired(
+                    f"the renewal of {self.holder}'s lease on session {self.session_id!r} did "
+                    f"not answer before its safe time ran out (ttl {self.ttl_s} s)"
+                ) from None
+        if not renewed:
             self._expired(await self.store.lease_of(self.session_id))
+        self.safe_until = asked + self.ttl_s - self.margin
 
     async def heartbeat(self) -> None:
-        """Renew every ``ttl_s / 3`` until cancelled; on a failed renewal set ``lost`` and stop."""
-        while True:
-            await asyncio.sleep(self.ttl_s / 3)
+        """Renew every ``ttl_s / 3`` until cancelled; when a renewal fails, does not answer in
+        time, or the safe time (expiry less ``margin``) passes first, set ``lost`` and stop."""
+        while not self.lost.is_set():
+            await asyncio.sleep(max(0.0, min(self.ttl_s / 3, self.safe_until - time.monotonic())))
+            if time.monotonic() >= self.safe_until:
+                break
             try:
                 await self.renew()
-            except LeaseExpired:
-                return
-            except Exception:  # the database failed us: we cannot prove we still hold it
-                self.lost.set()
-                return
+            except Exception:  # lost, too slow, or the database failed us: we cannot prove it
+                break
+        self.lost.set()
 
     async def guard(self, work: Awaitable[T]) -> T:
         """Await ``work``, but cancel it and raise ``LeaseExpired`` as soon as the lease is lost."""
@@ -127,7 +175,16 @@ async def held(
         yield lease
         await lease.check()
     finally:
-        beating.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
-        await lease.release()
+        # In a task of its own: a cancellation (an anyio scope cancels at every await) cannot
+        # cut the release; a lease whose session could not be closed (``keep``) runs out instead.
+        await finish(_end(lease, beating))
+
+
+async def _end(lease: Lease, beating: asyncio.Future[None]) -> None:
+    beating.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await beating
+    if not lease.keep:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(max(lease.ttl_s, 1.0)):
+                await lease.release()

@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 from helpers.errors import StoreError
-from helpers.store.base import SessionStore
+from helpers.store.base import SessionStore, Statement, finish, refused
 
 CONNECT_TIMEOUT_S = 5
 # PostgreSQL text cannot hold NUL: it is stored as _ESC + U+E002, and _ESC itself as _ESC + U+E001.
@@ -41,11 +41,19 @@ class PostgresStore(SessionStore):
         return self
 
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
-        sql = sql.replace("?", "%s")
+        return await finish(self._execute(sql.replace("?", "%s"), args))
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> tuple[list[tuple], int]:
         async with self._lock:
+            await self._reconnect()
             cursor = await self._conn.execute(sql, args)
             rows = await cursor.fetchall() if cursor.description else []
             return rows, cursor.rowcount
+
+    async def _reconnect(self) -> None:
+        """Open the connection again if it was closed (a server restart, a broken socket)."""
+        if self._conn is not None and self._conn.closed:
+            await self.connect()
 
     def encode(self, text: str) -> str:
         if "\x00" not in text and _ESC not in text:
@@ -57,13 +65,26 @@ class PostgresStore(SessionStore):
             return text
         return text.replace(_ESC + "\ue002", "\x00").replace(_ESC + "\ue001", _ESC)
 
-    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
-        async with self._lock, self._conn.transaction():
-            counts = []
-            for sql, args in statements:
-                cursor = await self._conn.execute(sql.replace("?", "%s"), args)
-                counts.append(cursor.rowcount)
-            return counts
+    async def transaction(
+        self, statements: list[Statement], guard: Statement | None = None
+    ) -> list[int]:
+        # Each statement runs to its end even when the caller is cancelled: a cancellation that
+        # reached psycopg mid-query would close the connection (every later request would fail).
+        return await finish(self._transaction(statements, guard))
+
+    async def _transaction(self, statements: list[Statement], guard: Statement | None) -> list[int]:
+        async with self._lock:
+            await self._reconnect()
+            async with self._conn.transaction():
+                if guard is not None:
+                    cursor = await self._conn.execute(guard[0].replace("?", "%s"), guard[1])
+                    if cursor.rowcount != 1:
+                        raise refused(guard[1][0], guard[1][1])
+                counts = []
+                for sql, args in statements:
+                    cursor = await self._conn.execute(sql.replace("?", "%s"), args)
+                    counts.append(cursor.rowcount)
+                return counts
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -13,8 +13,10 @@ from typing import Any
 from copilot.rpc import SessionFSReaddirWithTypesEntry, SessionFSReaddirWithTypesEntryType
 from copilot.session_fs_provider import SessionFsFileInfo, SessionFsProvider
 
+from helpers.errors import WriteRefused
 from helpers.events import parse_events
 from helpers.store.base import SessionStore
+from helpers.store.lease import Lease, current_lease
 
 __all__ = ["SESSION_FS", "StoreFs", "store_fs", "stored_events"]
 
@@ -55,13 +57,35 @@ class StoreFs(SessionFsProvider):
     random call sequences): writes and appends create missing parent folders, a file in the way
     of a path is ``ENOTDIR``, a missing one ``ENOENT``; ``rm`` of a folder needs ``recursive``
     (as Node's ``fs.rm``); ``rename`` follows POSIX ``rename(2)``.
+
+    With ``lease`` (the request's), every write, append, folder, removal and rename is fenced on
+    it: the store makes it only while the lease's token holds the session's lease unexpired and
+    the session has its ownership row, in the same transaction. A refused write raises
+    ``WriteRefused`` (the runtime gets an error) and marks the lease lost, so the request
+    reports ``LeaseExpired``, never success.
     """
 
     def __init__(
-        self, store: SessionStore, session_id: str, calls: Counter[str] | None = None
+        self,
+        store: SessionStore,
+        session_id: str,
+        calls: Counter[str] | None = None,
+        lease: Lease | None = None,
     ) -> None:
-        self.store, self.session_id = store, session_id
+        self.store, self.session_id, self.lease = store, session_id, lease
         self.calls: Counter[str] = calls if calls is not None else Counter()
+
+    @property
+    def holder(self) -> str | None:
+        return self.lease.holder if self.lease is not None else None
+
+    async def _write(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self.session_id, *args, holder=self.holder, **kwargs)
+        except WriteRefused:
+            if self.lease is not None:
+                self.lease.lost.set()
+            raise
 
     def _count(self, name: str, path: str) -> str:
         self.calls[name] += 1
@@ -95,9 +119,9 @@ class StoreFs(SessionFsProvider):
             raise _fail(errno.EISDIR, path)
         missing = [folder for folder in above if folder not in kinds]
         if append:
-            await self.store.append(self.session_id, path, content, missing)
+            await self._write(self.store.append, path, content, missing)
         else:
-            await self.store.write(self.session_id, path, content, "file", missing)
+            await self._write(self.store.write, path, content, "file", missing)
 
     async def read_file(self, path: str) -> str:
         path = self._count("read_file", path)
@@ -151,7 +175,7 @@ class StoreFs(SessionFsProvider):
         missing = [folder for folder in above if folder not in kinds]
         if missing and not recursive:
             raise _missing(path)
-        await self.store.write(self.session_id, path, "", "directory", missing)
+        await self._write(self.store.write, path, "", "directory", missing)
 
     async def _entries(self, path: str) -> dict[str, str]:
         if path != "/":
@@ -188,7 +212,7 @@ class StoreFs(SessionFsProvider):
             raise self._blocked(kinds, path) or _missing(path)
         if path == "/" or (kind == "directory" and not recursive):
             raise _fail(errno.EISDIR, path)
-        await self.store.remove(self.session_id, path, recursive=True)
+        await self._write(self.store.remove, path, recursive=True)
 
     async def rename(self, src: str, dest: str) -> None:
         src = self._count("rename", src)
@@ -211,16 +235,26 @@ class StoreFs(SessionFsProvider):
                 raise _fail(errno.EISDIR if there == "directory" else errno.ENOTDIR, dest)
             if there == "directory" and await self.store.has_under(self.session_id, dest):
                 raise _fail(errno.ENOTEMPTY, dest)
-        await self.store.move(self.session_id, src, dest)
+        await self._write(self.store.move, src, dest)
 
 
-def store_fs(store: SessionStore, calls: Counter[str] | None = None) -> Callable[[Any], StoreFs]:
+def store_fs(
+    store: SessionStore, calls: Counter[str] | None = None, lease: Lease | None = None
+) -> Callable[[Any], StoreFs]:
     """The ``create_session_fs_handler=`` factory: each session's files go to ``store``.
 
     Who owns the session is recorded once, in the store's ``sessions`` table, when the application
-    makes the id (``store.new_id``); the file rows carry only the session id.
+    makes the id (``store.new_id``); the file rows carry only the session id. The writes are
+    fenced on ``lease``, by default the lease of the router's request this is called in (its
+    opener's), if it is a lease of that session.
     """
-    return lambda session: StoreFs(store, session.session_id, calls)
+    lease = lease or current_lease.get()
+    return lambda session: StoreFs(
+        store,
+        session.session_id,
+        calls,
+        lease if lease is not None and lease.session_id == session.session_id else None,
+    )
 
 
 EVENTS = "/session-state/events.jsonl"

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.run import relative
-from helpers.store.base import SessionStore
+from helpers.store.base import SessionStore, Statement, refused
 
 
 class SqliteStore(SessionStore):
@@ -27,10 +27,14 @@ class SqliteStore(SessionStore):
         cursor = self._db.execute(sql, args)
         return cursor.fetchall(), cursor.rowcount
 
-    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    async def transaction(
+        self, statements: list[Statement], guard: Statement | None = None
+    ) -> list[int]:
         # No await inside: no other coroutine's statement can fall between BEGIN and COMMIT.
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if guard is not None and self._db.execute(*guard).rowcount != 1:
+                raise refused(guard[1][0], guard[1][1])
             counts = [self._db.execute(sql, args).rowcount for sql, args in statements]
         except BaseException:
             self._db.execute("ROLLBACK")

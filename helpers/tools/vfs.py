@@ -83,6 +83,9 @@ _INVISIBLE_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
 def check_path(path: object) -> str:
     """Return the path, NFC-normalised, if it is a safe relative path, else raise VfsError.
 
+    A leading ``./`` is dropped (``./notes.md`` is ``notes.md``); any other ``.`` or ``..`` part
+    is refused.
+
     Names that look alike must be one file: ``é`` typed as one code point (NFC) or as ``e`` plus
     a combining accent (NFD) are stored under the NFC form, and characters that print nothing or
     reorder text (controls, zero-width, bidirectional overrides) are refused.
@@ -97,6 +100,8 @@ def check_path(path: object) -> str:
                 "reorders text; use visible characters only."
             )
     path = unicodedata.normalize("NFC", path)
+    while path.startswith("./"):  # "./notes.md", as real models often write it, is notes.md
+        path = path[2:]
     if "\\" in path:
         raise VfsError("Refused: use forward slashes (/) in paths, not backslashes.")
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):

@@ -18,7 +18,7 @@ import aiosqlite
 from helpers.errors import StoreDown
 from helpers.run import relative
 from helpers.store import open_store
-from helpers.store.base import SessionStore
+from helpers.store.base import SessionStore, Statement, refused
 
 
 class AsyncSqliteStore(SessionStore):
@@ -49,11 +49,17 @@ class AsyncSqliteStore(SessionStore):
                 rows = await cursor.fetchall()
                 return [tuple(r) for r in rows], cursor.rowcount
 
-    async def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    async def transaction(
+        self, statements: list[Statement], guard: Statement | None = None
+    ) -> list[int]:
         async with self._lock:
             db = self._open()
             await db.execute("BEGIN IMMEDIATE")
             try:
+                if guard is not None:  # a fenced write (see SessionStore.transaction)
+                    async with db.execute(*guard) as cursor:
+                        if cursor.rowcount != 1:
+                            raise refused(guard[1][0], guard[1][1])
                 counts = []
                 for sql, args in statements:
                     async with db.execute(sql, args) as cursor:

@@ -38,8 +38,9 @@ from helpers.serving.drain import Drain
 from helpers.serving.locks import SessionLocks
 from helpers.serving.pool import SessionPool
 from helpers.serving.sweep import sweep
-from helpers.store.base import SessionStore
-from helpers.store.lease import held
+from helpers.store.base import SessionStore, finish
+from helpers.store.lease import Lease, held
+from helpers.store.router import resume_or_create
 from helpers.store.session_fs import SESSION_FS, store_fs, stored_events
 from helpers.tools.file_tools import ALLOWLIST
 from helpers.tools.routed_tools import routed_file_tools
@@ -47,6 +48,8 @@ from helpers.tools.vfs import VirtualFS
 from helpers.web.auth import TokenBook
 from helpers.web.db import forget_session_rows, open_web_store
 from helpers.web.turns import Turn
+
+DISCONNECT_S = 10.0  # how long closing a conversation's session may take
 
 STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
 
@@ -323,13 +326,13 @@ class Service:
         @contextlib.asynccontextmanager
         async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
             async with self.gate.request(), self._turn_lock(conversation):
-                async with self._lease(conversation):
-                    session = await self._open(user, conversation)
+                async with self._lease(conversation) as lease:
+                    session = await self._open(user, conversation, lease)
                     try:
                         yield session
-                    finally:
+                    finally:  # a cancelled caller cannot cut the disconnect (notebook 04's finish)
                         with contextlib.suppress(Exception):
-                            await session.disconnect()
+                            await finish(asyncio.wait_for(session.disconnect(), DISCONNECT_S))
 
         async def stored(result: Any) -> None:
             await self._check_stored(conversation, text)
@@ -362,15 +365,17 @@ class Service:
             return contextlib.nullcontext()
         return self.locks.turn(conversation, self.settings.turn_timeout_s)
 
-    async def _open(self, user: str, conversation: str) -> CopilotSession:
+    async def _open(self, user: str, conversation: str, lease: Lease | None) -> CopilotSession:
+        """Create or resume the conversation; its writes fenced on the request's ``lease``."""
         options = dict(
-            create_session_fs_handler=store_fs(self.store),
+            create_session_fs_handler=store_fs(self.store, lease=lease),
             streaming=True,
             tools=self.conversation_tools,
             available_tools=[f"custom:{tool.name}" for tool in self.conversation_tools],
             **self._model_kwargs(user),
         )
-        if not await self.store.started(conversation):
+        holder = lease.holder if lease is not None else None
+        if not await resume_or_create(self.store, conversation, holder):
             return await self.client.create_session(session_id=conversation, **options)
         return await self.client.resume_session(conversation, **options)
 
