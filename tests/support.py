@@ -12,6 +12,19 @@ from copilot import CopilotClient, RuntimeConnection
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60  # seconds: the longest a test waits for one reply
 
+# Debian's Chromium, driven by Playwright (no browser download), with the flags this closed
+# network needs: no background connections, no sync, no QUIC; a fresh profile per launch.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on (free when asked; bind it soon)."""

@@ -22,24 +22,14 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from support import REPO_ROOT, free_port, our_runtime_processes
+from support import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, our_runtime_processes
 
 from helpers.run import TMP, remove_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOKS = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SHOTS = TMP / "screenshots"
 RUN_TIMEOUT_MS = 300_000
 REPLY_TIMEOUT_MS = 90_000
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 pytestmark = [
     pytest.mark.browser,

@@ -10,22 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from support import CHROMIUM, CHROMIUM_ARGS
 from web_fixture import ServiceThread
 
 from helpers.run import TMP
 from helpers.web.service import Settings
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = TMP / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 CODENAMES = {"A": "AURORA-7", "B": "BOREAL-3"}
 REPLY_TIMEOUT_MS = 60_000
 
@@ -33,7 +24,7 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.runtime,
     pytest.mark.skipif(
-        not __import__("os").path.exists(CHROMIUM),
+        not CHROMIUM.exists(),
         reason="needs Debian's Chromium at /usr/bin/chromium: apt-get install chromium",
     ),
 ]
@@ -62,7 +53,7 @@ def test_two_users_at_once_each_see_only_their_own(web: ServiceThread) -> None:
     tokens = {user: web.service.tokens.issue(user) for user in CODENAMES}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
             pages = {}
