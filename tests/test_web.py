@@ -446,7 +446,8 @@ def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
     assert cid not in web.call(web.service.store.sessions_of("A"))
     assert cid not in web.runtime_sessions() and web.call(web.service.store.owner(cid)) is None
     before = web.service.files_of("A").snapshot()
-    for path in ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname"):
+    bad = ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname")
+    for path in (*bad, "%0A_%03", "notes%0A.md", "a%0D%0Ab"):  # controls, newlines among them
         refused = http.put(f"/files/{path}", json={"content": "x"}, headers=auth(tokens["A"]))
         assert refused.status_code == 422 and refused.json()["error"] == "bad_file", refused.text
     assert web.service.files_of("A").snapshot() == before, "a refused write changes nothing"

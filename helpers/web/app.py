@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 
 from helpers.errors import (
@@ -37,6 +38,23 @@ PAGE = Path(__file__).with_name("page.html")
 MAX_MESSAGE_CHARS = 16_000
 MAX_FILE_CHARS = 64 * 1024
 RETRY_AFTER_S = 1
+
+
+class _AnyPath(Convertor[str]):
+    """Starlette's ``path`` convertor is ``.*``, which stops at a newline: ``PUT /files/a%0Ab``
+    would miss the route and answer 404. This one takes every character, so the file system
+    itself refuses a path with a control character, with its own message (422)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
 
 
 class ErrorBody(BaseModel):
@@ -233,7 +251,7 @@ def create_app(service: Service) -> FastAPI:
             files=[FileInfo(path=p, bytes=len(t.encode())) for p, t in sorted(fs.files.items())]
         )
 
-    @app.put("/files/{path:path}", response_model=FileInfo, responses=_errors(401, 413, 422))
+    @app.put("/files/{path:anypath}", response_model=FileInfo, responses=_errors(401, 413, 422))
     async def put_file(path: str, body: FileIn, user: User) -> FileInfo:
         """Create or replace one of your files."""
         service.files_of(user).write(path, body.content)
