@@ -105,3 +105,35 @@ async def test_a_request_never_waits_forever() -> None:
     with pytest.raises(TimeoutError):
         await pool.take("A")
     filling.cancel()
+
+
+@pytest.mark.parametrize("size, spare, at_once", [(8, 2, 8), (4, 2, 16), (1, 2, 1)])
+async def test_under_load_the_pool_prepares_no_more_than_its_spare(
+    size: int, spare: int, at_once: int
+) -> None:
+    """Every session alive costs the runtime on every request: with the requests holding their
+    sessions, the pool keeps at most ``size + spare`` alive (not counting those being deleted),
+    and refills to ``size`` once the load is gone."""
+    runtime = Runtime(delay=0.002)  # creates quicker than a request, so refills keep up
+    alive: set[str] = set()  # created and not yet being deleted
+    peak = 0
+
+    async def create() -> Fake:
+        nonlocal peak
+        session = await runtime.create()
+        alive.add(session.session_id)
+        peak = max(peak, len(alive))
+        return session
+
+    async def delete(session: Fake) -> None:
+        alive.discard(session.session_id)
+        await runtime.delete(session)
+
+    pool = SessionPool(create, delete, size=size, spare=spare)  # type: ignore[arg-type]
+    await pool.fill()
+    await run_requests(pool, 64, at_once)
+    await pool.settle()
+    assert peak <= max(size + spare, at_once), f"{peak} sessions alive at once"
+    assert pool.ready == size, "the pool fills up again when the load is gone"
+    await pool.close()
+    assert sorted(runtime.deleted) == sorted(pool.created) and pool.errors == []

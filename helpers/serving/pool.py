@@ -7,6 +7,13 @@ session ready waits for one already being made rather than making another (under
 create per request would cost the runtime the throughput the pool is meant to keep); with none
 being made, it creates its own. No session serves two requests, and ``close()`` waits until
 every session it made is deleted.
+
+Every session alive in the runtime costs it CPU on every request it serves (measured in
+bench/bench_requests.py: 32 idle sessions raise a request's runtime CPU by about a third), so the
+pool bounds the sessions it has alive, ready, being made, serving or being deleted, at
+``size + spare``. When requests take that room (at ``size`` at once and more), the pool prepares
+fewer ahead and those requests create their own, as the naive request does: under saturation it
+costs the runtime what the naive request costs, and when the load drops it fills up again.
 """
 
 from __future__ import annotations
@@ -28,15 +35,22 @@ class SessionPool:
     """Keep ``size`` sessions ready; each serves exactly one request."""
 
     def __init__(
-        self, create: CreateFn, delete: DeleteFn, size: int = 4, wait_timeout: float = 60.0
+        self,
+        create: CreateFn,
+        delete: DeleteFn,
+        size: int = 4,
+        wait_timeout: float = 60.0,
+        spare: int = 2,
     ) -> None:
-        if size < 1:
-            raise ValueError("size must be at least 1")
-        self.size, self.wait_timeout = size, wait_timeout
+        if size < 1 or spare < 0:
+            raise ValueError("size must be at least 1 and spare at least 0")
+        self.size, self.wait_timeout, self.spare = size, wait_timeout, spare
         self._create, self._delete = create, delete
         self._ready: deque[CopilotSession] = deque()
         self._users: dict[str, str] = {}
         self._making = 0
+        self._serving = 0  # requests between take() and give_back()
+        self._deleting = 0
         self._waiting: deque[asyncio.Future[CopilotSession | None]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -55,9 +69,16 @@ class SessionPool:
         """Sessions created and waiting for a request."""
         return len(self._ready)
 
+    @property
+    def alive(self) -> int:
+        """Sessions of this pool in the runtime: ready, being made, serving, being deleted."""
+        return len(self._ready) + self._making + self._serving + self._deleting
+
     async def fill(self) -> None:
-        """Create sessions until ``size`` are ready (all at once); wait for them."""
-        missing = max(0, self.size - len(self._ready) - self._making)
+        """Create sessions until ``size`` are ready (all at once) or ``size + spare`` are alive;
+        wait for them."""
+        room = self.size + self.spare - self.alive
+        missing = max(0, min(self.size - len(self._ready) - self._making, room))
         self._making += missing  # counted now, before any create starts, so refills never overshoot
         await asyncio.gather(*(self._make_one() for _ in range(missing)))
 
@@ -91,14 +112,19 @@ class SessionPool:
         """A session for one request of ``user``: a ready one, or a new one when none is ready."""
         if self.closed:
             raise PoolClosed("the pool is closed")
-        if self._ready:
-            session = self._ready.popleft()
-        else:
-            made = await self._wait_for_one() if self._making > len(self._waiting) else None
-            session = made or await self._create()
-            self.created.add(session.session_id)
-        if session.session_id in self.served:
-            raise RuntimeError(f"session {session.session_id} would serve a second request")
+        self._serving += 1
+        try:
+            if self._ready:
+                session = self._ready.popleft()
+            else:
+                made = await self._wait_for_one() if self._making > len(self._waiting) else None
+                session = made or await self._create()
+                self.created.add(session.session_id)
+            if session.session_id in self.served:
+                raise RuntimeError(f"session {session.session_id} would serve a second request")
+        except BaseException:
+            self._serving -= 1
+            raise
         self.served.append(session.session_id)
         self._users[session.session_id] = user
         self._background(self.fill())
@@ -113,6 +139,7 @@ class SessionPool:
     def give_back(self, session: CopilotSession) -> None:
         """End the request: unbind the user now, disconnect and delete in the background."""
         self._users.pop(session.session_id, None)
+        self._serving -= 1
         self._retiring.add(self._background(self._retire(session)))
 
     @contextlib.asynccontextmanager
@@ -125,11 +152,16 @@ class SessionPool:
             self.give_back(session)
 
     async def _retire(self, session: CopilotSession) -> None:
+        self._deleting += 1
         try:
             await self._delete(session)
             self.deleted.add(session.session_id)
         except Exception as exc:
             self.errors.append(f"delete {session.session_id}: {type(exc).__name__}: {exc}")
+        finally:
+            self._deleting -= 1
+        if not self.closed:
+            self._background(self.fill())  # the room this delete made
 
     def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
