@@ -8,7 +8,11 @@ PostgreSQL is the server in DATABASE_URL, else a throwaway one, else skipped). A
 (10, 50, 100, 200, 400, 800 turns, and the last) it times the median of the last 10 turns and the
 median of 3 resumes. The three conversations advance in lockstep (turn t everywhere, then t + 1),
 so load from elsewhere on the machine hits them alike. Uses the local stand-in model, which
-answers at once. Writes the plot to tmp/bench-conversation.png; the last line is for scripts.
+answers at once. Where a turn's time goes, per turn (medians of the same last 10 turns): the
+stand-in's own time (reading the request, parsing it, answering), the runtime's CPU (its process,
+from /proc), the kilobytes the runtime sent the model (the conversation it resends each turn), and
+the store's own part (the store's turn minus the local directory's turn at the same length). Writes
+the plot to tmp/bench-conversation.png; the last line is for scripts.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from tqdm import tqdm  # noqa: E402
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table  # noqa: E402
 from helpers.run import TMP, relative, remove_dir, run_dir  # noqa: E402
+from helpers.runtime.cpu import cpu_seconds  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
 from helpers.store import open_store  # noqa: E402
 from helpers.store.session_fs import SESSION_FS, store_fs  # noqa: E402
 
 TIMEOUT = 120
 LOCAL = "local directory"
+PART = "store's part ms"
 
 
 def checkpoints(turns: int) -> list[int]:
@@ -47,18 +53,25 @@ def checkpoints(turns: int) -> list[int]:
 class Conversation:
     """One session in one place, taken turn by turn; checkpoints time turns and resumes."""
 
-    def __init__(self, label: str, client, options: dict) -> None:
+    def __init__(self, label: str, client, options: dict, model, runtime_pid: int) -> None:
         self.label, self.client, self.options = label, client, options
-        self.recent: list[float] = []
+        self.model, self.runtime_pid = model, runtime_pid  # the stand-in; the runtime's process
+        # turn, stand-in, runtime CPU (ms); KB sent to the model
+        self.recent: list[tuple[float, float, float, float]] = []
         self.rows: list[dict] = []
 
     async def start(self) -> None:
         self.session = await self.client.create_session(**self.options)
 
     async def turn(self, prompt: str) -> None:
+        model = self.model
+        sent, busy, cpu = model.received_bytes, model.busy_seconds, cpu_seconds(self.runtime_pid)
         started = time.perf_counter()
         await self.session.send_and_wait(prompt, timeout=TIMEOUT)
-        self.recent = [*self.recent[-9:], (time.perf_counter() - started) * 1000]
+        took = time.perf_counter() - started
+        busy, cpu = model.busy_seconds - busy, cpu_seconds(self.runtime_pid) - cpu
+        sent = model.received_bytes - sent
+        self.recent = [*self.recent[-9:], (took * 1000, busy * 1000, cpu * 1000, sent / 1024)]
 
     async def checkpoint(self, turns: int) -> None:
         resumes, sid = [], self.session.session_id
@@ -67,11 +80,16 @@ class Conversation:
             started = time.perf_counter()
             self.session = await self.client.resume_session(sid, **self.options)
             resumes.append((time.perf_counter() - started) * 1000)
+        turn, model = (statistics.median(r[k] for r in self.recent) for k in range(2))
+        cpu = statistics.mean(r[2] for r in self.recent)  # /proc counts in 10 ms ticks: a mean
         self.rows.append(
             {
                 "where": self.label,
                 "turns": turns,
-                "turn ms": round(statistics.median(self.recent), 1),
+                "turn ms": round(turn, 1),
+                "stand-in ms": round(model, 1),
+                "runtime CPU ms": round(cpu, 1),
+                "to model KB": round(statistics.median(r[3] for r in self.recent)),
                 "resume ms": round(statistics.median(resumes), 1),
             }
         )
@@ -108,12 +126,12 @@ async def bench(turns: int, chars: int, url: str) -> list[dict]:
         if url:
             stores["PostgreSQL"] = await open_store(run, url, schema="bench_conversation")
         async with plain.connect() as local, with_fs.connect(session_fs=SESSION_FS) as fs:
-            places = [
-                Conversation(LOCAL, local, dict(config_directory=str(run / "dir"), **options))
-            ]
+            model = backend.standin
+            in_dir = dict(config_directory=str(run / "dir"), **options)
+            places = [Conversation(LOCAL, local, in_dir, model, plain.pid)]
             for label, store in stores.items():
                 opts = dict(create_session_fs_handler=store_fs(store), **options)
-                places.append(Conversation(label, fs, opts))
+                places.append(Conversation(label, fs, opts, model, with_fs.pid))
             rows = await lockstep(places, turns, chars)
     finally:
         for store in stores.values():
@@ -168,17 +186,29 @@ def main() -> None:
         base = at[(LOCAL, r["turns"])]
         r["turn vs local"] = f"{r['turn ms'] / base['turn ms']:.2f}x"
         r["resume vs local"] = f"{r['resume ms'] / base['resume ms']:.2f}x"
+        r[PART] = round(r["turn ms"] - base["turn ms"], 1) if r is not base else ""
     table(rows)
     path = TMP / "bench-conversation.png"
     plot(rows, path)
     print(f"\nplot: tmp/{path.name}")
     stores = [w for w in ("SQLite", "PostgreSQL") if (w, last) in at]
-    local_growth = at[(LOCAL, last)]["turn ms"] / at[(LOCAL, first)]["turn ms"]
-    print(f"{LOCAL}: turn at {last} = {local_growth:.2f}x turn at {first} (the runtime and model)")
+    a, b = at[(LOCAL, first)], at[(LOCAL, last)]
+    print(
+        f"{LOCAL}: turn at {last} = {b['turn ms'] / a['turn ms']:.2f}x turn at {first} "
+        f"({a['turn ms']:.0f} -> {b['turn ms']:.0f} ms; no store): of it the stand-in model "
+        f"{a['stand-in ms']:.0f} -> {b['stand-in ms']:.0f} ms, runtime CPU "
+        f"{a['runtime CPU ms']:.0f} -> {b['runtime CPU ms']:.0f} ms per turn; the runtime sent the "
+        f"model {a['to model KB']} -> {b['to model KB']} KB per turn"
+    )
     for where in stores:
         grew = at[(where, last)]["turn ms"] / at[(where, first)]["turn ms"]
         resume = at[(where, last)]["resume ms"] / at[(LOCAL, last)]["resume ms"]
         print(f"{where}: turn at {last} = {grew:.2f}x turn at {first}; resume {resume:.2f}x local")
+    parts = ", ".join(
+        f"{w} {at[(w, first)][PART]:+.0f} ms at {first}, {at[(w, last)][PART]:+.0f} ms at {last}"
+        for w in stores
+    )
+    print(f"the store's own part of a turn (store turn - local turn): {parts}")
     ratio = {w: at[(w, last)]["turn ms"] / at[(LOCAL, last)]["turn ms"] for w in stores}
     growth = max(at[(w, last)]["turn ms"] / at[(w, first)]["turn ms"] for w in stores)
     pg = f"{ratio['PostgreSQL']:.2f}x" if "PostgreSQL" in ratio else "skipped"

@@ -60,6 +60,8 @@ class StandInModel:
         self._port = port
         self._lock = threading.Lock()
         self._count = 0
+        self.busy_seconds = 0.0  # wall time spent answering chat requests, body read to reply sent
+        self.received_bytes = 0  # the chat requests' bodies, in bytes
         self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=log_limit)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -164,6 +166,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") not in ROUTES["POST"]:
             self._error(404, f"no route for POST {self.path}")
             return
+        started = time.perf_counter()
+        try:
+            self._answer()
+        finally:
+            model = self.server.model
+            with model._lock:
+                model.busy_seconds += time.perf_counter() - started
+
+    def _answer(self) -> None:
         try:
             request = self._read_json()
             reply = compose_reply(request)
@@ -185,8 +196,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise BadRequest("bad Content-Length") from None
         if length <= 0 or length > MAX_BODY:
             raise BadRequest("request body missing or too large")
+        body = self.rfile.read(length)
+        with self.server.model._lock:
+            self.server.model.received_bytes += len(body)
         try:
-            request = json.loads(self.rfile.read(length))
+            request = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BadRequest("the body is not valid JSON") from None
         if not isinstance(request, dict):
