@@ -9,8 +9,9 @@ sessions prepared ahead on the fixed transport (``helpers/serving/pool.py``: too
 and routed by session id, one request per session, disconnect + delete in the background; each
 measurement ends when the last background delete is done, so that work counts against
 throughput). floor: one warm turn in a kept session on the fixed transport. Then where the naive
-request's time goes (create, turn, disconnect, delete) and the CPU per request of this process and
-of the runtime. Uses the local stand-in model, which answers at once: the figures are SDK +
+request's time goes (create, turn, disconnect, delete), the CPU per request of this process and
+of the runtime (one at a time, and at the highest level), and what idle sessions alive in the
+runtime cost every request (the naive request with none and with 2 x level of them). Uses the local stand-in model, which answers at once: the figures are SDK +
 runtime. Writes the plot to tmp/bench-requests.png; the last three lines are for scripts.
 """
 
@@ -116,6 +117,7 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
         await pool.deleted_all()
 
         results: list[Result] = []
+        cpu_at: dict[str, dict[str, float]] = {}  # CPU per request at the highest level
         with tqdm(total=4 * len(levels), desc="requests", unit="point") as bar:
             for level in levels:
                 count = max(requests, 2 * level)
@@ -131,8 +133,29 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
                     if label == FASTEST:
                         pool.size = level
                         await pool.fill()
+                    span = CpuSpan(server.pid).start()
                     results.append(await measure_requests(label, fn, level, count, after))
+                    if level == levels[-1] and label in (FIXED, FASTEST):
+                        cpu_at[label] = span.stop().per_request_ms(count)
                     bar.update()
+
+        # What an idle session costs: the naive request at the highest level, with none and with
+        # 2 x level idle sessions alive in the runtime (a pool's ready sessions are idle ones).
+        idle_rows, idle = [], []
+        high = levels[-1]
+        for extra in tqdm((0, 2 * high), desc="idle sessions", unit="point"):
+            while len(idle) < extra:
+                idle.append(await create())
+            span = CpuSpan(server.pid).start()
+            point = await measure_requests(
+                FIXED, lambda i: naive(fast, i), high, max(requests, 2 * high)
+            )
+            per = span.stop().per_request_ms(len(point.latencies_ms))
+            idle_rows.append(
+                {"idle sessions alive": extra, "requests/s": round(point.rps, 1), **per}
+            )
+        for session in idle:
+            await retire(session)
 
         phases: dict[str, list[float]] = {}
         cpu_rows = []
@@ -166,6 +189,10 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
     table([{"phase": k, "median ms": round(statistics.median(v), 1)} for k, v in phases.items()])
     print("\nCPU per request (wall clock, this process, the runtime):")
     table(cpu_rows)
+    print(f"\nCPU per request at {levels[-1]} at once (the throughput measurements above):")
+    table([{"request": label, **row} for label, row in cpu_at.items()])
+    print(f"\nthe naive request at {levels[-1]} at once, with idle sessions alive in the runtime:")
+    table(idle_rows)
     path = TMP / "bench-requests.png"
     plot([r for r in results if r.label != FLOOR], path)
     print(f"\nplot: tmp/{path.name}")
