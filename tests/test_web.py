@@ -4,6 +4,7 @@ an abandoned stream aborted, two tabs at once, drain, a runtime that died, a dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from httpx_sse import connect_sse
 from web_fixture import ServiceThread
 
 from helpers.events import forks
+from helpers.serving.credentials import UserTokens
 from helpers.store.session_fs import stored_events
 from helpers.web.service import Settings
 
@@ -292,6 +294,47 @@ def test_ask_with_my_files_leaves_no_session(web, tokens, http) -> None:
     assert not used & web.runtime_sessions()
     rows = web.call(web.service.store.rows())
     assert not [r for r in rows if r.session_id in used], "no stored rows of the asks remain"
+
+
+def test_with_per_user_credentials_an_ask_runs_on_its_users_own_token(web, tokens, http) -> None:
+    """The pool's sessions are made before anyone asks, so they cannot carry a user's token: on
+    the github backend with per-user tokens an ask makes its own session with that user's token.
+    The stand-in answers here through ``provider=``, and the runtime refuses a token beside a
+    provider ("Cannot specify both gitHubToken and provider in session.create"), so the spy notes
+    the token each create was given and passes the rest on to the real ``create_session``."""
+    service, made = web.service, []
+    create, backend = service.client.create_session, service.backend
+
+    async def spy(**kwargs):  # the real create_session, with the token each call passed noted
+        token = kwargs.pop("github_token", None)
+        session = await create(**kwargs)
+        made.append((session.session_id, token))
+        return session
+
+    assert http.put(
+        "/files/pin.md", json={"content": "the pin is 4711"}, headers=auth(tokens["C"])
+    ).is_success
+    served = len(service.pool.served)
+    service.client.create_session = spy
+    service.backend = dataclasses.replace(backend, name="github")
+    service.github_tokens = UserTokens({"C": "token-of-user-c"})
+    try:
+        reply = stream(http, tokens["C"], "/ask", "Read pin.md")
+        before = web.model_requests()
+        refused = stream(http, tokens["B"], "/ask", "Read pin.md")
+        after = web.model_requests()
+    finally:
+        service.client.create_session, service.backend = create, backend
+        service.github_tokens = None
+    assert final(reply)[0] == "message" and "4711" in final(reply)[1]["text"], "C's own file"
+    assert [token for _, token in made] == ["token-of-user-c"], "one session, on C's token"
+    assert len(service.pool.served) == served, "no pooled session (made with no user's token)"
+    assert final(refused)[0] == "error" and final(refused)[1]["error"] == "no_github_token", refused
+    assert after == before and "4711" not in json.dumps(refused), "B's ask never reached the model"
+    ask_id = made[0][0]
+    assert ask_id not in web.runtime_sessions() and ask_id not in service._asking
+    assert not [r for r in web.call(service.store.rows()) if r.session_id == ask_id]
+    assert "token-of-user-c" not in service.server.log_path.read_text(errors="replace")
 
 
 def test_no_token_is_kept_or_written_in_the_clear(web, tokens) -> None:
