@@ -37,7 +37,6 @@ from helpers.serving.credentials import UserTokens
 from helpers.serving.drain import Drain
 from helpers.serving.locks import SessionLocks
 from helpers.serving.pool import SessionPool
-from helpers.serving.sweep import sweep
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, held
 from helpers.store.router import resume_or_create
@@ -46,7 +45,7 @@ from helpers.tools.file_tools import ALLOWLIST
 from helpers.tools.routed_tools import routed_file_tools
 from helpers.tools.vfs import VirtualFS
 from helpers.web.auth import TokenBook
-from helpers.web.db import forget_session_rows, open_web_store
+from helpers.web.db import forget_session_rows, open_web_store, stored_orphans
 from helpers.web.turns import Turn
 
 DISCONNECT_S = 10.0  # how long closing a conversation's session may take
@@ -167,15 +166,29 @@ class Service:
             if self.runtime_problem() and self.server.owned and self.settings.restart_runtime:
                 with contextlib.suppress(Exception):
                     await self.recover()
-            elif ticks * self.settings.supervise_every_s >= self.settings.orphan_age_s:
+            elif ticks * self.settings.supervise_every_s >= min(self.settings.orphan_age_s, 60):
                 ticks = 0
                 with contextlib.suppress(Exception):
-                    await sweep(self.client, self.settings.orphan_age_s, keep=self._keep)
+                    await self.sweep()
 
-    def _keep(self, session_id: str) -> bool:
+    async def sweep(self) -> list[str]:
+        """Forget the stored files of sessions that no user owns and no request uses, untouched
+        for ``orphan_age_s`` (what a request that crashed between create and delete leaves).
+
+        Notebook 03 sweeps by ``client.list_sessions()``; with ``session_fs`` the runtime lists
+        none of its sessions, so the orphans are looked for where it wrote them, in the store.
+        """
+        swept = []
+        for session_id in await stored_orphans(self.store, self.settings.orphan_age_s):
+            if not self._in_use(session_id):
+                await forget_session_rows(self.store, session_id)
+                swept.append(session_id)
+        return swept
+
+    def _in_use(self, session_id: str) -> bool:
         return (
-            session_id.startswith("user-")
-            or session_id in self.pool.created
+            session_id in self.pool.ready_ids()
+            or self.pool.user_of(session_id) is not None
             or session_id in self._asking
         )
 
@@ -475,7 +488,7 @@ class Service:
         try:
             yield session
         finally:
-            try:  # a delete that hangs is left to the sweep, which keeps only ids in use
+            try:  # a delete that hangs is left to the sweep, which spares only ids in use
                 with contextlib.suppress(TimeoutError):
                     await finish(asyncio.wait_for(self._retire(session), 2 * DISCONNECT_S))
             finally:
