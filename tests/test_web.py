@@ -462,7 +462,9 @@ def test_drain_lets_the_running_turn_finish_and_refuses_new_ones() -> None:
                 )
             )
             thread.start()
+            started = time.monotonic()
             while web.service.running("A") == 0:
+                assert time.monotonic() - started < 30, "the turn never started"
                 time.sleep(0.02)
             draining = web.call(_drain_and_probe(web, token, cid), 60)
             thread.join(30)
@@ -497,7 +499,9 @@ def test_a_stop_without_drain_cuts_the_turn_but_leaves_no_lease_behind() -> None
             seen: list = []
             thread = threading.Thread(target=lambda: seen.extend(say(http, token, cid, SLOW)))
             thread.start()
+            started = time.monotonic()
             while web.service.running("A") == 0:
+                assert time.monotonic() - started < 30, "the turn never started"
                 time.sleep(0.02)
             time.sleep(0.3)
             left = web.call(web.web.stop(drain=False), 60)
