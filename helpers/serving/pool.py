@@ -74,6 +74,10 @@ class SessionPool:
         """Sessions of this pool in the runtime: ready, being made, serving, being deleted."""
         return len(self._ready) + self._making + self._serving + self._deleting
 
+    def ready_ids(self) -> set[str]:
+        """The ids of the sessions waiting for a request."""
+        return {session.session_id for session in self._ready}
+
     async def fill(self) -> None:
         """Create sessions until ``size`` are ready (all at once) or ``size + spare`` are alive;
         wait for them."""
