@@ -11,8 +11,9 @@ measurement ends when the last background delete is done, so that work counts ag
 throughput). floor: one warm turn in a kept session on the fixed transport. Then where the naive
 request's time goes (create, turn, disconnect, delete), the CPU per request of this process and
 of the runtime (one at a time, and at the highest level), and what idle sessions alive in the
-runtime cost every request (the naive request with none and with 2 x level of them). Uses the local stand-in model, which answers at once: the figures are SDK +
-runtime. Writes the plot to tmp/bench-requests.png; the last three lines are for scripts.
+runtime cost every request (the naive request with none and with 2 x level of them). Uses the
+local stand-in model, which answers at once: the figures are SDK + runtime. Writes the plot to
+tmp/bench-requests.png; the last three lines are for scripts.
 """
 
 from __future__ import annotations
@@ -139,24 +140,6 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
                         cpu_at[label] = span.stop().per_request_ms(count)
                     bar.update()
 
-        # What an idle session costs: the naive request at the highest level, with none and with
-        # 2 x level idle sessions alive in the runtime (a pool's ready sessions are idle ones).
-        idle_rows, idle = [], []
-        high = levels[-1]
-        for extra in tqdm((0, 2 * high), desc="idle sessions", unit="point"):
-            while len(idle) < extra:
-                idle.append(await create())
-            span = CpuSpan(server.pid).start()
-            point = await measure_requests(
-                FIXED, lambda i: naive(fast, i), high, max(requests, 2 * high)
-            )
-            per = span.stop().per_request_ms(len(point.latencies_ms))
-            idle_rows.append(
-                {"idle sessions alive": extra, "requests/s": round(point.rps, 1), **per}
-            )
-        for session in idle:
-            await retire(session)
-
         phases: dict[str, list[float]] = {}
         cpu_rows = []
         for label, fn, after in (
@@ -174,6 +157,27 @@ async def main(requests: int, levels: list[int], prompt: str) -> None:
             cpu_rows.append({"request (one at a time)": label, **per_request})
         await pool.close()
         assert pool.deleted == pool.created and not pool.errors, pool.errors
+
+        # What an idle session costs (the pool closed, its sessions deleted): the naive request at
+        # the highest level with none and with 2 x level idle sessions alive in the runtime (a
+        # pool's ready sessions are idle ones), twice each, alternated.
+        idle_rows, idle = [], []
+        high = levels[-1]
+        for extra in tqdm((0, 2 * high, 0, 2 * high), desc="idle sessions", unit="point"):
+            while len(idle) < extra:
+                idle.append(await create())
+            while len(idle) > extra:
+                await retire(idle.pop())
+            span = CpuSpan(server.pid).start()
+            point = await measure_requests(
+                FIXED, lambda i: naive(fast, i), high, max(requests, 2 * high)
+            )
+            per = span.stop().per_request_ms(len(point.latencies_ms))
+            idle_rows.append(
+                {"idle sessions alive": extra, "requests/s": round(point.rps, 1), **per}
+            )
+        for session in idle:
+            await retire(session)
         await kept.disconnect()
         await fast.delete_session(kept.session_id)
         await plain.stop()
