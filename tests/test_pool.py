@@ -137,3 +137,31 @@ async def test_under_load_the_pool_prepares_no_more_than_its_spare(
     assert pool.ready == size, "the pool fills up again when the load is gone"
     await pool.close()
     assert sorted(runtime.deleted) == sorted(pool.created) and pool.errors == []
+
+
+async def test_a_refill_after_a_burst_makes_refill_at_once_at_a_time() -> None:
+    """When a burst of requests ends, the refill must not send the runtime a burst of creates
+    that competes with the requests still being served."""
+    runtime = Runtime(delay=0.01)
+    in_flight = peak = 0
+
+    async def create() -> Fake:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await runtime.create()
+        finally:
+            in_flight -= 1
+
+    pool = SessionPool(create, runtime.delete, size=8, refill_at_once=2)  # type: ignore[arg-type]
+    await pool.fill()  # all at once, before any request
+    peak = 0
+    burst = [await pool.take("AB"[i % 2]) for i in range(8)]
+    for session in burst:
+        pool.give_back(session)
+    await pool.settle()
+    assert peak <= 2, f"{peak} creates at once in the refill"
+    assert pool.ready == 8, "and the pool is full again"
+    await pool.close()
+    assert sorted(runtime.deleted) == sorted(pool.created) and pool.errors == []

@@ -13,7 +13,9 @@ bench/bench_requests.py: 32 idle sessions raise a request's runtime CPU by about
 pool bounds the sessions it has alive, ready, being made, serving or being deleted, at
 ``size + spare``. When requests take that room (at ``size`` at once and more), the pool prepares
 fewer ahead and those requests create their own, as the naive request does: under saturation it
-costs the runtime what the naive request costs, and when the load drops it fills up again.
+costs the runtime what the naive request costs, and when the load drops it fills up again,
+``refill_at_once`` creates at a time, so that the refill does not compete in a burst with the
+requests still being served.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class SessionPool:
         size: int = 4,
         wait_timeout: float = 60.0,
         spare: int = 2,
+        refill_at_once: int = 2,
     ) -> None:
         if size < 1 or spare < 0:
             raise ValueError("size must be at least 1 and spare at least 0")
         self.size, self.wait_timeout, self.spare = size, wait_timeout, spare
+        self.refill_at_once = refill_at_once
         self._create, self._delete = create, delete
         self._ready: deque[CopilotSession] = deque()
         self._users: dict[str, str] = {}
@@ -78,11 +82,13 @@ class SessionPool:
         """The ids of the sessions waiting for a request."""
         return {session.session_id for session in self._ready}
 
-    async def fill(self) -> None:
-        """Create sessions until ``size`` are ready (all at once) or ``size + spare`` are alive;
-        wait for them."""
+    async def fill(self, at_once: int | None = None) -> None:
+        """Create sessions until ``size`` are ready or ``size + spare`` are alive, at most
+        ``at_once`` being made at a time (default: all at once); wait for them."""
         room = self.size + self.spare - self.alive
         missing = max(0, min(self.size - len(self._ready) - self._making, room))
+        if at_once is not None:
+            missing = min(missing, max(0, at_once - self._making))
         self._making += missing  # counted now, before any create starts, so refills never overshoot
         await asyncio.gather(*(self._make_one() for _ in range(missing)))
 
@@ -102,6 +108,13 @@ class SessionPool:
             self._background(self._retire(session))
         else:
             self._ready.append(session)
+            self._refill()  # the next one, if there is room
+
+    def _refill(self) -> None:
+        """Refill in the background, ``refill_at_once`` creates at a time: a burst of creates
+        after a burst of requests would compete with the requests still being served."""
+        if not self.closed:
+            self._background(self.fill(self.refill_at_once))
 
     def _hand_over(self, session: CopilotSession | None) -> bool:
         """Give a new session (or ``None``: "make your own") to the oldest waiting request."""
@@ -131,7 +144,7 @@ class SessionPool:
             raise
         self.served.append(session.session_id)
         self._users[session.session_id] = user
-        self._background(self.fill())
+        self._refill()
         return session
 
     async def _wait_for_one(self) -> CopilotSession | None:
@@ -164,8 +177,7 @@ class SessionPool:
             self.errors.append(f"delete {session.session_id}: {type(exc).__name__}: {exc}")
         finally:
             self._deleting -= 1
-        if not self.closed:
-            self._background(self.fill())  # the room this delete made
+        self._refill()  # the room this delete made
 
     def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
