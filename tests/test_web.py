@@ -4,6 +4,7 @@ an abandoned stream aborted, two tabs at once, drain, a runtime that died, a dat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,7 +18,8 @@ from httpx_sse import connect_sse
 from web_fixture import ServiceThread
 
 from helpers.events import forks
-from helpers.store.session_fs import stored_events
+from helpers.serving.credentials import UserTokens
+from helpers.store.session_fs import store_fs, stored_events
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -103,7 +105,8 @@ def test_a_reply_streams_then_the_whole_message(web, tokens, http) -> None:
 def test_refusals_never_reach_the_runtime(web, tokens, http) -> None:
     cid = new_conversation(http, tokens["A"])
     say(http, tokens["A"], cid, f"Remember: the codename is {CODENAME}.")
-    before = (web.model_requests(), web.runtime_sessions(), owners(web))
+    web.call(web.service.pool.settle())  # the pool's refills done: no session is being made
+    before = (web.model_requests(), web.stored_sessions(), owners(web))
     path = f"/conversations/{cid}/messages"
     unknown = "user-a-0000000000000000"
     cases = {
@@ -159,7 +162,7 @@ def test_refusals_never_reach_the_runtime(web, tokens, http) -> None:
     other, missing = cases["B sends to A's"].json(), cases["unknown id"].json()
     assert other["error"] == missing["error"]
     assert other["message"].replace(cid, "<id>") == missing["message"].replace(unknown, "<id>")
-    after = (web.model_requests(), web.runtime_sessions(), owners(web))
+    after = (web.model_requests(), web.stored_sessions(), owners(web))
     assert after == before, "no refused request reached the model, the runtime or the registry"
     history = http.get(path, headers=auth(tokens["A"])).json()["messages"]
     assert len(history) == 2, "A's conversation is unchanged"
@@ -289,9 +292,50 @@ def test_ask_with_my_files_leaves_no_session(web, tokens, http) -> None:
     used = set(pool.served[served:])
     web.call(pool.deleted_all(30))
     assert len(used) == 2 and used <= pool.deleted, "each ask's session is deleted after"
-    assert not used & web.runtime_sessions()
+    assert not used & web.stored_sessions()
     rows = web.call(web.service.store.rows())
     assert not [r for r in rows if r.session_id in used], "no stored rows of the asks remain"
+
+
+def test_with_per_user_credentials_an_ask_runs_on_its_users_own_token(web, tokens, http) -> None:
+    """The pool's sessions are made before anyone asks, so they cannot carry a user's token: on
+    the github backend with per-user tokens an ask makes its own session with that user's token.
+    The stand-in answers here through ``provider=``, and the runtime refuses a token beside a
+    provider ("Cannot specify both gitHubToken and provider in session.create"), so the spy notes
+    the token each create was given and passes the rest on to the real ``create_session``."""
+    service, made = web.service, []
+    create, backend = service.client.create_session, service.backend
+
+    async def spy(**kwargs):  # the real create_session, with the token each call passed noted
+        token = kwargs.pop("github_token", None)
+        session = await create(**kwargs)
+        made.append((session.session_id, token))
+        return session
+
+    assert http.put(
+        "/files/pin.md", json={"content": "the pin is 4711"}, headers=auth(tokens["C"])
+    ).is_success
+    served = len(service.pool.served)
+    service.client.create_session = spy
+    service.backend = dataclasses.replace(backend, name="github")
+    service.github_tokens = UserTokens({"C": "token-of-user-c"})
+    try:
+        reply = stream(http, tokens["C"], "/ask", "Read pin.md")
+        before = web.model_requests()
+        refused = stream(http, tokens["B"], "/ask", "Read pin.md")
+        after = web.model_requests()
+    finally:
+        service.client.create_session, service.backend = create, backend
+        service.github_tokens = None
+    assert final(reply)[0] == "message" and "4711" in final(reply)[1]["text"], "C's own file"
+    assert [token for _, token in made] == ["token-of-user-c"], "one session, on C's token"
+    assert len(service.pool.served) == served, "no pooled session (made with no user's token)"
+    assert final(refused)[0] == "error" and final(refused)[1]["error"] == "no_github_token", refused
+    assert after == before and "4711" not in json.dumps(refused), "B's ask never reached the model"
+    ask_id = made[0][0]
+    assert ask_id not in web.stored_sessions() and ask_id not in service._asking
+    assert not [r for r in web.call(service.store.rows()) if r.session_id == ask_id]
+    assert "token-of-user-c" not in service.server.log_path.read_text(errors="replace")
 
 
 def test_no_token_is_kept_or_written_in_the_clear(web, tokens) -> None:
@@ -362,6 +406,44 @@ def test_a_runtime_that_died_is_503_then_recovers(web, tokens, http) -> None:
     assert CODENAME.lower() in final(recalled)[1]["text"].lower(), "the store kept the conversation"
 
 
+def test_the_sweep_forgets_orphans_and_keeps_conversations_and_the_pool() -> None:
+    """A session a crashed request made and never deleted is swept from the store once it is
+    older than ``orphan_age_s``; the users' conversations and the pool's ready sessions stay."""
+    web = ServiceThread(Settings(turn_timeout_s=30, orphan_age_s=1.0, supervise_every_s=0.2))
+    try:
+        token = web.service.tokens.issue("A")
+        with httpx.Client(base_url=web.url, timeout=60) as http:
+            cid = new_conversation(http, token)
+            assert final(say(http, token, cid, f"Remember: the codename is {CODENAME}."))[0] == (
+                "message"
+            )
+            service = web.service
+            orphan = web.call(
+                service.client.create_session(
+                    create_session_fs_handler=store_fs(service.store),
+                    available_tools=[],
+                    **service.backend.session_kwargs(),
+                )
+            )
+            web.call(orphan.send_and_wait("hello", timeout=30))
+            web.call(orphan.disconnect())  # the request crashed here: never deleted
+            ready = service.pool.ready_ids()
+            kept = {s: len(web.call(service.store.rows(session_id=s))) for s in {cid, *ready}}
+            assert orphan.session_id in web.stored_sessions() and all(kept.values()), kept
+            deadline = time.monotonic() + 30
+            while orphan.session_id in web.stored_sessions():
+                assert time.monotonic() < deadline, "the orphan was not swept in 30 s"
+                time.sleep(0.2)
+            time.sleep(1.5)  # more sweeps, with everything else idle for longer than 1 s
+            assert ready == service.pool.ready_ids()
+            after = {s: len(web.call(service.store.rows(session_id=s))) for s in kept}
+            assert after == kept, "the conversation's and the ready sessions' files are kept"
+            again = say(http, token, cid, "What is the codename?")
+        assert final(again)[0] == "message" and CODENAME in final(again)[1]["text"]
+    finally:
+        web.stop()
+
+
 def test_drain_lets_the_running_turn_finish_and_refuses_new_ones() -> None:
     web = ServiceThread(Settings(turn_timeout_s=30))
     try:
@@ -380,7 +462,9 @@ def test_drain_lets_the_running_turn_finish_and_refuses_new_ones() -> None:
                 )
             )
             thread.start()
+            started = time.monotonic()
             while web.service.running("A") == 0:
+                assert time.monotonic() - started < 30, "the turn never started"
                 time.sleep(0.02)
             draining = web.call(_drain_and_probe(web, token, cid), 60)
             thread.join(30)
@@ -415,7 +499,9 @@ def test_a_stop_without_drain_cuts_the_turn_but_leaves_no_lease_behind() -> None
             seen: list = []
             thread = threading.Thread(target=lambda: seen.extend(say(http, token, cid, SLOW)))
             thread.start()
+            started = time.monotonic()
             while web.service.running("A") == 0:
+                assert time.monotonic() - started < 30, "the turn never started"
                 time.sleep(0.02)
             time.sleep(0.3)
             left = web.call(web.web.stop(drain=False), 60)
@@ -444,7 +530,7 @@ def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
         assert response.status_code == 404 and response.json()["error"] == "not_found"
     assert web.call(web.service.store.rows(session_id=cid)) == [], "no stored row is left"
     assert cid not in web.call(web.service.store.sessions_of("A"))
-    assert cid not in web.runtime_sessions() and web.call(web.service.store.owner(cid)) is None
+    assert cid not in web.stored_sessions() and web.call(web.service.store.owner(cid)) is None
     before = web.service.files_of("A").snapshot()
     bad = ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname")
     for path in (*bad, "%0A_%03", "notes%0A.md", "a%0D%0Ab"):  # controls, newlines among them

@@ -48,4 +48,5 @@ def test_every_failure_has_a_stable_code() -> None:
     assert error_code(NotStored("x")) == "not_stored"
     assert error_code(LeaseExpired("x")) == "lease_lost"
     assert error_code(TimeoutError()) == "timeout"
+    assert error_code(NoTokenForUser("x")) == "no_github_token"
     assert error_code(ValueError("x")) == "internal"

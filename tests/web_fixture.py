@@ -34,9 +34,16 @@ class ServiceThread:
     def call(self, work: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
 
-    def runtime_sessions(self) -> set[str]:
-        """The ids the runtime itself lists (the runtime's side of "nothing reached it")."""
-        return {m.session_id for m in self.call(self.service.client.list_sessions())}
+    def stored_sessions(self) -> set[str]:
+        """The ids of every session the runtime has written files of, through ``session_fs``.
+
+        This is the runtime's side of "nothing reached it": with ``session_fs`` the runtime keeps
+        no session on its own disk, and ``client.list_sessions()`` lists none of them at all.
+        """
+        rows, _ = self.call(
+            self.service.store.execute("SELECT DISTINCT session_id FROM session_files")
+        )
+        return {r[0] for r in rows}
 
     def model_requests(self) -> int:
         """How many requests the stand-in model has answered so far."""

@@ -55,6 +55,10 @@ class SessionPool:
         """Sessions created and waiting for a request."""
         return len(self._ready)
 
+    def ready_ids(self) -> set[str]:
+        """The ids of the sessions waiting for a request."""
+        return {session.session_id for session in self._ready}
+
     async def fill(self) -> None:
         """Create sessions until ``size`` are ready (all at once); wait for them."""
         missing = max(0, self.size - len(self._ready) - self._making)

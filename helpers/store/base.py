@@ -405,6 +405,11 @@ class SessionStore(abc.ABC):
         statement = ("UPDATE sessions SET ready = 1 WHERE session_id = ?", (session_id,))
         await self._fenced([statement], session_id, holder)
 
+    async def stored_ids(self) -> set[str]:
+        """Every session with files stored: each one a runtime wrote through ``session_fs``."""
+        rows, _ = await self.execute("SELECT DISTINCT session_id FROM session_files")
+        return {r[0] for r in rows}
+
     async def rows(self, user: str | None = None, session_id: str | None = None) -> list[Row]:
         """All file rows, or those of one user's sessions and/or one session."""
         where, args = ["1 = 1"], []

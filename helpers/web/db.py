@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,19 @@ async def forget_session_rows(store: SessionStore, session_id: str) -> int:
         [(f"DELETE FROM {table} WHERE session_id = ?", (session_id,)) for table in tables]
     )
     return counts[list(tables).index("session_files")]
+
+
+async def stored_orphans(store: SessionStore, older_than_s: float) -> list[str]:
+    """Ids of sessions whose files are stored but that no user owns, untouched for ``older_than_s``.
+
+    With ``session_fs`` the runtime keeps nothing on its own disk, so ``client.list_sessions()``
+    lists none of these sessions (and ``delete_session`` answers "Session file not found"): the
+    store, where the runtime wrote them, is the only place to find what a crashed request left.
+    """
+    rows, _ = await store.execute(
+        "SELECT session_id FROM session_files"
+        " WHERE session_id NOT IN (SELECT session_id FROM sessions)"
+        " GROUP BY session_id HAVING MAX(modified_at) < ? ORDER BY session_id",
+        (time.time() - older_than_s,),
+    )
+    return [r[0] for r in rows]

@@ -37,7 +37,6 @@ from helpers.serving.credentials import UserTokens
 from helpers.serving.drain import Drain
 from helpers.serving.locks import SessionLocks
 from helpers.serving.pool import SessionPool
-from helpers.serving.sweep import sweep
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, held
 from helpers.store.router import resume_or_create
@@ -46,7 +45,7 @@ from helpers.tools.file_tools import ALLOWLIST
 from helpers.tools.routed_tools import routed_file_tools
 from helpers.tools.vfs import VirtualFS
 from helpers.web.auth import TokenBook
-from helpers.web.db import forget_session_rows, open_web_store
+from helpers.web.db import forget_session_rows, open_web_store, stored_orphans
 from helpers.web.turns import Turn
 
 DISCONNECT_S = 10.0  # how long closing a conversation's session may take
@@ -98,6 +97,7 @@ class Service:
         self.restarts = 0
         self._running: dict[str, int] = {}
         self._turns: set[Turn] = set()
+        self._asking: dict[str, str] = {}  # session id -> user, asks made outside the pool
         self._tools = routed_file_tools(self._fs_of_session)
         self.backend: Backend
         self.server: RuntimeServer
@@ -166,13 +166,31 @@ class Service:
             if self.runtime_problem() and self.server.owned and self.settings.restart_runtime:
                 with contextlib.suppress(Exception):
                     await self.recover()
-            elif ticks * self.settings.supervise_every_s >= self.settings.orphan_age_s:
+            elif ticks * self.settings.supervise_every_s >= min(self.settings.orphan_age_s, 60):
                 ticks = 0
                 with contextlib.suppress(Exception):
-                    await sweep(self.client, self.settings.orphan_age_s, keep=self._keep)
+                    await self.sweep()
 
-    def _keep(self, session_id: str) -> bool:
-        return session_id.startswith("user-") or session_id in self.pool.created
+    async def sweep(self) -> list[str]:
+        """Forget the stored files of sessions that no user owns and no request uses, untouched
+        for ``orphan_age_s`` (what a request that crashed between create and delete leaves).
+
+        Notebook 03 sweeps by ``client.list_sessions()``; with ``session_fs`` the runtime lists
+        none of its sessions, so the orphans are looked for where it wrote them, in the store.
+        """
+        swept = []
+        for session_id in await stored_orphans(self.store, self.settings.orphan_age_s):
+            if not self._in_use(session_id):
+                await forget_session_rows(self.store, session_id)
+                swept.append(session_id)
+        return swept
+
+    def _in_use(self, session_id: str) -> bool:
+        return (
+            session_id in self.pool.ready_ids()
+            or self.pool.user_of(session_id) is not None
+            or session_id in self._asking
+        )
 
     async def recover(self) -> None:
         """Start the runtime again on the same home and connect a new client and pool."""
@@ -276,9 +294,13 @@ class Service:
         except Exception as exc:
             raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
 
+    def per_user_credentials(self) -> bool:
+        """Whether each user's sessions run on their own GitHub token (notebook 03)."""
+        return self.github_tokens is not None and self.backend.name == "github"
+
     def _model_kwargs(self, user: str) -> dict[str, Any]:
         kwargs = self.backend.session_kwargs()
-        if self.github_tokens is not None and self.backend.name == "github":
+        if self.github_tokens is not None and self.per_user_credentials():
             kwargs.update(self.github_tokens.session_kwargs(user))
         return kwargs
 
@@ -409,7 +431,7 @@ class Service:
         return fs
 
     def _fs_of_session(self, session_id: str) -> VirtualFS | None:
-        user = self.pool.user_of(session_id)
+        user = self.pool.user_of(session_id) or self._asking.get(session_id)
         return self.files_of(user) if user else None
 
     async def _create_pooled(self) -> CopilotSession:
@@ -433,7 +455,8 @@ class Service:
 
         @contextlib.asynccontextmanager
         async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
-            async with self.gate.request(), self.pool.request(user) as session:
+            sessions = self._own_session if self.per_user_credentials() else self.pool.request
+            async with self.gate.request(), sessions(user) as session:
                 yield session
 
         return self._track(
@@ -445,6 +468,31 @@ class Service:
                 finished=lambda: self._end(user),
             )
         )
+
+    @contextlib.asynccontextmanager
+    async def _own_session(self, user: str) -> AsyncIterator[CopilotSession]:
+        """A short-lived session made for this request, on ``user``'s own token.
+
+        The pool's sessions are made before anyone asks, so they cannot carry a user's token:
+        with per-user credentials an ask pays for its own create (and its delete, which a
+        cancelled caller cannot cut).
+        """
+        session = await self.client.create_session(
+            tools=self._tools,
+            available_tools=ALLOWLIST,
+            streaming=True,
+            create_session_fs_handler=store_fs(self.store),
+            **self._model_kwargs(user),
+        )
+        self._asking[session.session_id] = user
+        try:
+            yield session
+        finally:
+            try:  # a delete that hangs is left to the sweep, which spares only ids in use
+                with contextlib.suppress(TimeoutError):
+                    await finish(asyncio.wait_for(self._retire(session), 2 * DISCONNECT_S))
+            finally:
+                self._asking.pop(session.session_id, None)
 
     def _track(self, turn: Turn) -> Turn:
         self._turns.add(turn)

@@ -21,6 +21,7 @@ from helpers.errors import (
     Draining,
     LeaseBusy,
     LeaseExpired,
+    NoTokenForUser,
     NotStored,
     RuntimeDown,
     RuntimeGone,
@@ -51,6 +52,8 @@ def error_code(exc: BaseException) -> str:
         return "lease_lost"
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, NoTokenForUser):
+        return "no_github_token"
     return "internal"
 
 
