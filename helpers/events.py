@@ -1,10 +1,12 @@
-"""A session's events: read from ``events.jsonl``, checked for forks, watched as they arrive."""
+"""A session's events: read from ``events.jsonl``, checked for forks, watched as they arrive, and
+the reply's pieces passed on while the model writes it (``deltas_to``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,27 @@ def forks(events: list[dict[str, Any]]) -> int:
         for before, event in zip(events, events[1:], strict=False)
         if event.get("parentId") != before.get("id")
     )
+
+
+def deltas_to(on_delta: Callable[[str], object] | None) -> Callable[[Any], None]:
+    """A handler for ``session.on``: the text of each ``assistant.message_delta`` to ``on_delta``.
+
+    The runtime sends these events only to a session opened with ``streaming=True``, one per piece
+    of the reply as the model writes it. Only the session's own reply is passed on (a sub-agent's
+    events carry an ``agent_id``), empty pieces are not, and ``None`` passes on nothing. A model
+    that answers in one piece gives one delta (or none): the caller then has the reply at once,
+    from ``send_and_wait`` as always.
+    """
+
+    def on_event(event: Any) -> None:
+        if on_delta is None or getattr(event, "agent_id", None):
+            return
+        if getattr(event.type, "value", event.type) == "assistant.message_delta":
+            piece = getattr(event.data, "delta_content", "") or ""
+            if piece:
+                on_delta(piece)
+
+    return on_event
 
 
 class EventLog:

@@ -222,6 +222,20 @@ def check_run(page, name: str) -> dict[str, int]:
     return {"code cells run": len(ran), "widgets": buttons, "diagrams": diagrams}
 
 
+# Record every text the panel's live line shows (the reply while it streams). A mutation record
+# keeps the nodes it added, so each update is seen, however fast the next one replaces it.
+WATCH_LIVE = f"""() => {{
+  const box = [...{NODE}.querySelectorAll('.widget-output')].pop().parentElement;
+  window.__liveWatch?.disconnect();
+  window.__live = [];
+  window.__liveWatch = new MutationObserver(records => {{
+    for (const record of records)
+      for (const node of record.addedNodes) window.__live.push(node.textContent || '');
+  }});
+  window.__liveWatch.observe(box, {{childList: true, subtree: true}});
+}}"""
+
+
 def send(page, user: str, message: str) -> str:
     """Use the panel: pick ``user``, type ``message``, click Send; return that result's text."""
     panel_output = shown(page).locator(".widget-output").last
@@ -230,6 +244,7 @@ def send(page, user: str, message: str) -> str:
     )
     shown(page).locator(".widget-dropdown select").last.select_option(user)
     shown(page).locator(".widget-text input").last.fill(message)
+    page.evaluate(WATCH_LIVE)
     shown(page).locator(".jupyter-widgets.widget-button", has_text="Send").last.click()
     page.wait_for_function(
         "([before]) => {"
@@ -239,11 +254,17 @@ def send(page, user: str, message: str) -> str:
         arg=[before],
         timeout=REPLY_TIMEOUT_MS,
     )
+    partials = page.evaluate("() => { window.__liveWatch.disconnect(); return window.__live; }")
     text = panel_output.inner_text()
     last = re.split(r"(?m)^(?=User [AB](?: asked:|: the request failed))", text)[-1]
     assert "the request failed" not in last, f"the panel's request failed: {last}"
     assert last.startswith(f"User {user} asked: {message}"), f"newest result last: {text}"
     assert shown(page).locator(".widget-dropdown select").last.input_value() == user
+    # The reply streamed: the live line showed it growing, piece by piece, up to the whole reply.
+    growing = [p.split("\n  writing: ", 1)[1] for p in partials if "\n  writing: " in p]
+    assert len(set(growing)) >= 2, f"the reply should grow in the live widget, saw: {partials}"
+    assert all(b.startswith(a) for a, b in zip(growing, growing[1:], strict=False)), growing
+    assert " ".join(growing[-1].split()) in " ".join(last.split()), (growing[-1], last)
     return last
 
 
@@ -311,6 +332,11 @@ def drive_panel(page, name: str) -> list[str]:
         held_b = re.search(r"the store holds (\d+) turn", b)
         assert held_b and int(held_b.group(1)) >= 1, f"the store should hold B's turn: {b}"
         return [a, b]
+    if name.startswith("05_"):  # a prepared session per send, deleted after it
+        a = send(page, "A", 'Create todo.md containing "buy milk"')
+        assert "prepared ahead" in a, f"a prepared session answered: {a}"
+        assert re.search(r"User A's files: .*todo\.md", a), f"A's files should list todo.md: {a}"
+        return [a]
     return []
 
 

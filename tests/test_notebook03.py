@@ -10,7 +10,9 @@ from test_notebooks import (
     leaves_nothing,
     outputs_text,
     printed,
+    streamed,
     with_solutions,
+    with_stream_check,
 )
 
 pytestmark = pytest.mark.notebook
@@ -21,13 +23,14 @@ def test_notebook_03_with_solutions_and_other_parameters() -> None:
     with leaves_nothing(NB03):
         nb = execute(
             NB03,
-            source=with_solutions(NB03),
+            source=with_stream_check(with_solutions(NB03), NB03),
             tag="odd-",
             CODENAME="ZEPHYR_42-X",
             USERS_AT_ONCE=3,
             SLOW_TURN_S=1,
             ORPHAN_AGE_S=0.5,
         )
+    streamed(nb)
     text = outputs_text(nb)
     assert "ZEPHYR_42-X" in text and "AURORA-7" not in text
     assert "u3" in text and "u4 " not in text, "three users at once"

@@ -14,7 +14,9 @@ from test_notebooks import (
     line_after,
     outputs_text,
     printed,
+    streamed,
     with_solutions,
+    with_stream_check,
 )
 
 pytestmark = pytest.mark.notebook
@@ -29,7 +31,7 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
     with leaves_nothing(NB04):
         nb = execute(
             NB04,
-            source=with_solutions(NB04),
+            source=with_stream_check(with_solutions(NB04), NB04),
             tag="sqlite-",
             CODENAME="zephyr_42-X",
             USERS=3,
@@ -37,6 +39,7 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
             ROUTING="hash",
             COST_ROUNDS=2,
         )
+    streamed(nb)
     text = outputs_text(nb)
     assert "SQLite file tmp/runs/04-" in text and "AURORA-7" not in text
     assert "User A's session: user-a-" in text and "6 turns in" in text

@@ -12,7 +12,9 @@ from test_notebooks import (
     line_after,
     outputs_text,
     printed,
+    streamed,
     with_solutions,
+    with_stream_check,
 )
 
 pytestmark = pytest.mark.notebook
@@ -23,7 +25,7 @@ def test_notebook_05_with_solutions_and_other_parameters() -> None:
     with leaves_nothing(NB05):
         nb = execute(
             NB05,
-            source=with_solutions(NB05),
+            source=with_stream_check(with_solutions(NB05), NB05),
             tag="odd-",
             STEP_ROUNDS=2,
             SPEED_REQUESTS=4,
@@ -31,6 +33,7 @@ def test_notebook_05_with_solutions_and_other_parameters() -> None:
             ISOLATION_REQUESTS=10,
             PROMPT="What files do I have?",
         )
+    streamed(nb)
     said = printed(nb)
     for name in ("median latency ratio (fastest / naive):", "p95 latency ratio (fastest / naive):"):
         ratio = float(line_after(said, name))

@@ -93,6 +93,52 @@ def with_solutions(name: str) -> nbformat.NotebookNode:
     return nb
 
 
+# How each notebook's "Try it yourself" panel is sent to from a cell, for the streaming check.
+PANEL_SENDS = {
+    "01": 'panel.send("A", "What is the codename?")',
+    "02": 'panel.send("A", "List my files.")',
+    "03": 'panel.send_to("A", a_id, "What is the codename?")',
+    "04": 'panel.send("A", "What is the codename?")',
+    "05": 'panel.send("A", "List my files.")',
+}
+STREAM_CHECK = """\
+texts = []
+shown_on = panel._handle
+
+
+class Recorder:  # the panel's text form, each update recorded and passed on
+    def update(self, bundle, raw):
+        texts.append(bundle["text/plain"])
+        shown_on.update(bundle, raw=raw)
+
+
+panel._handle = Recorder()
+streamed = await {send}
+panel._handle = shown_on
+assert streamed is not None, panel.transcript[-1]
+pieces = panel.pieces
+assert len(pieces) > 1, f"the reply came in {{len(pieces)}} piece(s): it did not stream"
+assert "".join(pieces) == streamed.reply, (pieces, streamed.reply)
+partials = [t.rsplit("\\n  writing: ", 1)[1] for t in texts if "\\n  writing: " in t]
+assert len(partials) == len(pieces) and partials[-1] == streamed.reply, partials
+assert all(b.startswith(a) for a, b in zip(partials, partials[1:])), "the text form grows"
+assert "writing:" not in texts[-1] and streamed.as_text() in texts[-1], texts[-1]
+assert panel.live.value == "", "the live line goes once the whole answer is shown"
+print(f"the panel's reply streamed in {{len(pieces)}} pieces")
+"""
+
+
+def with_stream_check(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """``nb`` with a last cell that sends through its panel and checks that the reply streamed:
+    more than one piece, the text form growing piece by piece, then the whole answer."""
+    nb.cells.append(nbformat.v4.new_code_cell(STREAM_CHECK.format(send=PANEL_SENDS[name[:2]])))
+    return nb
+
+
+def streamed(nb: nbformat.NotebookNode) -> None:
+    assert "the panel's reply streamed in" in printed(nb), "the stream check did not run"
+
+
 def runs_of(name: str) -> set[str]:
     return {p.name for p in RUNS.glob(f"{name[:2]}-*")} if RUNS.exists() else set()
 
@@ -108,7 +154,8 @@ def leaves_nothing(name: str) -> Iterator[None]:
 
 
 def twice_at_once(name: str, other: dict[str, object]) -> tuple[nbformat.NotebookNode, ...]:
-    """Two runs 0.3 s apart in one checkout: one with the solutions, one with ``other`` values."""
+    """Two runs 0.3 s apart in one checkout: one with the solutions (and the panel's streaming
+    check), one with ``other`` values."""
     results: dict[str, object] = {}
 
     def run(key: str, **kwargs: object) -> None:
@@ -118,7 +165,9 @@ def twice_at_once(name: str, other: dict[str, object]) -> tuple[nbformat.Noteboo
             results[key] = exc
 
     first = threading.Thread(
-        target=run, args=("solutions",), kwargs={"source": with_solutions(name)}
+        target=run,
+        args=("solutions",),
+        kwargs={"source": with_stream_check(with_solutions(name), name)},
     )
     first.start()
     time.sleep(0.3)
@@ -204,6 +253,7 @@ def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
     said = printed(odd)
     assert "Émeraude Heron 7" in line_after(said, "C2 (User A, alice-session-x):"), "C2 recalls it"
     assert "émeraude" not in line_after(said, "C3 (User B, bob-session-y):").lower()
+    streamed(solved)
     solutions = printed(solved)
     assert "teal-42" not in line_after(solutions, "User A's session says:").lower()
     assert "aurora-7" in line_after(solutions, "restored session says:").lower()
@@ -219,6 +269,7 @@ def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:
     outputs = outputs_text(odd)
     assert "plan-b.txt" in outputs and "Ship the tutorial on Friday." not in outputs
     assert f"- read_file: {note}" in printed(odd), "the quoted note is read back as written"
+    streamed(solved)
     solutions = printed(solved)
     assert "Refused" in line_after(solutions, "tool results the model saw:")
     for i in range(5):  # each request of the burst has its row of timings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from helpers.notebook.panels import SessionPanel
 from helpers.notebook.widgets import Answer, ChatPanel
 
 
@@ -51,3 +52,20 @@ async def test_an_ask_without_on_delta_is_called_as_before() -> None:
     panel = ChatPanel(["A"], ask)
     answer = await panel.send("A", "hi")
     assert answer is not None and answer.reply == "hello" and panel.live.value == ""
+
+
+async def test_a_session_panel_streams_from_the_picked_session_and_works_without_on_delta() -> None:
+    async def streaming(user: str, session_id: str, message: str, on_delta) -> Answer:
+        for piece in ("from ", session_id):
+            on_delta(piece)
+        return Answer(user, message, f"from {session_id}", session_id, "here")
+
+    async def whole(user: str, session_id: str, message: str) -> Answer:
+        return Answer(user, message, f"from {session_id}", session_id, "here")
+
+    panel = SessionPanel(["A"], ["s-1", "s-2"], streaming)
+    answer = await panel.send_to("A", "s-2", "hi")
+    assert answer is not None and answer.reply == "from s-2" and panel.pieces == ["from ", "s-2"]
+    plain = SessionPanel(["A"], ["s-1", "s-2"], whole)
+    answer = await plain.send_to("A", "s-1", "hi")
+    assert answer is not None and answer.reply == "from s-1" and plain.pieces == []

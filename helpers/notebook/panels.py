@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 
 import ipywidgets as w
 
 from helpers.notebook.widgets import Answer, ChatPanel
 
-AskInFn = Callable[[str, str, str], Awaitable[Answer]]
+AskInFn = Callable[..., Awaitable[Answer]]  # ask(user, session_id, message[, on_delta])
 
 
 class SessionPanel(ChatPanel):
-    """A ``ChatPanel`` with a session picker; ``ask(user, session_id, message)`` serves a send."""
+    """A ``ChatPanel`` with a session picker; ``ask(user, session_id, message)`` serves a send.
+
+    An ``ask`` that also takes ``on_delta`` streams, as in ``ChatPanel``.
+    """
 
     def __init__(
         self,
@@ -24,9 +28,16 @@ class SessionPanel(ChatPanel):
         self.session = w.Dropdown(
             options=session_ids, description="Session", layout=w.Layout(width="auto")
         )
-        super().__init__(
-            users, lambda user, message: ask(user, self.session.value, message), placeholder
-        )
+        if "on_delta" in inspect.signature(ask).parameters:
+
+            def in_session(user: str, message: str, on_delta: Callable[[str], None]):
+                return ask(user, self.session.value, message, on_delta=on_delta)
+        else:
+
+            def in_session(user: str, message: str):  # type: ignore[misc]
+                return ask(user, self.session.value, message)
+
+        super().__init__(users, in_session, placeholder)
 
     def _pickers(self) -> list[w.Widget]:
         return [self.session, self.user]

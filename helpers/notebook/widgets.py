@@ -62,6 +62,7 @@ class ChatPanel:
         self._extra = extra
         self._loop = _running_loop()
         self.transcript: list[str] = []
+        self.pieces: list[str] = []  # the newest send's reply, in the pieces it streamed in
         self.user = w.Dropdown(options=users, description="User")
         self.message = w.Text(
             placeholder=placeholder, description="Message", layout=w.Layout(width="60%")
@@ -93,6 +94,7 @@ class ChatPanel:
 
     async def _send(self, user: str, message: str, from_cell: bool) -> Answer | None:
         pieces: list[str] = []
+        self.pieces = pieces
 
         def on_delta(piece: str) -> None:
             pieces.append(piece)

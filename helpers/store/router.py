@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helpers.errors import NoReply
+from helpers.events import deltas_to
 from helpers.serving.locks import SessionLocks
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, current_lease, held
@@ -73,9 +74,17 @@ class Router:
         return min(names, key=lambda name: (self.busy[name], self.served[name]))
 
     async def send(
-        self, user: str, session_id: str, message: str, timeout_s: float | None = None
+        self,
+        user: str,
+        session_id: str,
+        message: str,
+        timeout_s: float | None = None,
+        on_delta: Callable[[str], object] | None = None,
     ) -> tuple[str, str]:
         """Run one turn of ``user``'s session on a runtime; return (runtime, reply).
+
+        ``on_delta`` gets each piece of the reply as the model writes it (sessions the opener
+        opens with ``streaming=True``), within the same lock and lease as the turn.
 
         Raises ``NotYourSession`` (unknown or foreign id, nothing ran), ``LeaseBusy`` (waited
         ``wait_s``), ``TimeoutError`` (the turn took over ``timeout_s``, default
@@ -98,7 +107,9 @@ class Router:
                 ) as lease,
             ):
                 await self.store.check_owner(user, session_id)  # deleted while we waited?
-                event = await self._turn(name, user, session_id, message, timeout_s, lease)
+                event = await self._turn(
+                    name, user, session_id, message, timeout_s, lease, on_delta
+                )
         finally:
             self.busy[name] -= 1
         if event is None:
@@ -114,6 +125,7 @@ class Router:
         message: str,
         timeout_s: float | None,
         lease: Lease,
+        on_delta: Callable[[str], object] | None = None,
     ) -> Any:
         """Open the session (fenced on ``lease``), send, and close it whatever happens.
 
@@ -136,7 +148,14 @@ class Router:
             await finish(_drop_opening(self.store, opening, lease, ready))
             raise
         idle = asyncio.Event()
-        unsubscribe = session.on(lambda event: _is_idle(event) and idle.set())
+        deltas = deltas_to(on_delta)
+
+        def on_event(event: Any) -> None:
+            if _is_idle(event):
+                idle.set()
+            deltas(event)
+
+        unsubscribe = session.on(on_event)
         failed = False
         try:
             return await lease.guard(
