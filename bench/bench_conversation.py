@@ -44,6 +44,7 @@ from helpers.store.session_fs import SESSION_FS, store_fs  # noqa: E402
 TIMEOUT = 120
 LOCAL = "local directory"
 PART = "store's part ms"
+EVENTS = "/session-state/events.jsonl"  # where the runtime keeps the history, through session_fs
 
 
 def checkpoints(turns: int) -> list[int]:
@@ -53,8 +54,10 @@ def checkpoints(turns: int) -> list[int]:
 class Conversation:
     """One session in one place, taken turn by turn; checkpoints time turns and resumes."""
 
-    def __init__(self, label: str, client, options: dict, model, runtime_pid: int) -> None:
-        self.label, self.client, self.options = label, client, options
+    def __init__(
+        self, label: str, client, options: dict, model, runtime_pid: int, store=None
+    ) -> None:
+        self.label, self.client, self.options, self.store = label, client, options, store
         self.model, self.runtime_pid = model, runtime_pid  # the stand-in; the runtime's process
         # turn, stand-in, runtime CPU (ms); KB sent to the model
         self.recent: list[tuple[float, float, float, float]] = []
@@ -80,6 +83,15 @@ class Conversation:
             started = time.perf_counter()
             self.session = await self.client.resume_session(sid, **self.options)
             resumes.append((time.perf_counter() - started) * 1000)
+        read_ms, events_kb = "", ""
+        if self.store is not None:  # the store's own share of a resume: reading events.jsonl
+            reads = []
+            for _ in range(3):
+                started = time.perf_counter()
+                row = await self.store.read(sid, EVENTS)
+                reads.append((time.perf_counter() - started) * 1000)
+            read_ms = round(statistics.median(reads), 1)
+            events_kb = round(len(row.content.encode()) / 1024) if row is not None else 0
         turn, model = (statistics.median(r[k] for r in self.recent) for k in range(2))
         cpu = statistics.mean(r[2] for r in self.recent)  # /proc counts in 10 ms ticks: a mean
         self.rows.append(
@@ -91,6 +103,8 @@ class Conversation:
                 "runtime CPU ms": round(cpu, 1),
                 "to model KB": round(statistics.median(r[3] for r in self.recent)),
                 "resume ms": round(statistics.median(resumes), 1),
+                "store read ms": read_ms,
+                "events KB": events_kb,
             }
         )
 
@@ -131,7 +145,7 @@ async def bench(turns: int, chars: int, url: str) -> list[dict]:
             places = [Conversation(LOCAL, local, in_dir, model, plain.pid)]
             for label, store in stores.items():
                 opts = dict(create_session_fs_handler=store_fs(store), **options)
-                places.append(Conversation(label, fs, opts, model, with_fs.pid))
+                places.append(Conversation(label, fs, opts, model, with_fs.pid, store))
             rows = await lockstep(places, turns, chars)
     finally:
         for store in stores.values():
@@ -203,7 +217,12 @@ def main() -> None:
     for where in stores:
         grew = at[(where, last)]["turn ms"] / at[(where, first)]["turn ms"]
         resume = at[(where, last)]["resume ms"] / at[(LOCAL, last)]["resume ms"]
-        print(f"{where}: turn at {last} = {grew:.2f}x turn at {first}; resume {resume:.2f}x local")
+        end = at[(where, last)]
+        print(
+            f"{where}: turn at {last} = {grew:.2f}x turn at {first}; resume {resume:.2f}x local "
+            f"({end['resume ms'] - at[(LOCAL, last)]['resume ms']:+.0f} ms; of it the store's read "
+            f"of events.jsonl, {end['events KB']} KB, {end['store read ms']:.0f} ms)"
+        )
     parts = ", ".join(
         f"{w} {at[(w, first)][PART]:+.0f} ms at {first}, {at[(w, last)][PART]:+.0f} ms at {last}"
         for w in stores
