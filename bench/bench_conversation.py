@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -30,12 +29,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway server
-from pg_server import find_bin_dir, start_postgres  # noqa: E402
+from pg_server import database_for_bench  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table  # noqa: E402
-from helpers.run import TMP, relative, remove_dir, run_dir  # noqa: E402
+from helpers.run import TMP, remove_dir, run_dir  # noqa: E402
 from helpers.runtime.cpu import cpu_seconds  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
 from helpers.store import open_store  # noqa: E402
@@ -182,18 +181,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=800)
     parser.add_argument("--prompt-chars", type=int, default=2000)
     args = parser.parse_args()
-    url, server = os.environ.get("DATABASE_URL", ""), None
-    if not url and find_bin_dir() is not None:
-        server = start_postgres()
-        url = server.url
-        print(f"PostgreSQL: a throwaway server in {relative(server.root)}")
-    elif not url:
-        print("PostgreSQL: skipped (no DATABASE_URL, no binaries: apt-get install postgresql)")
-    try:
+    with database_for_bench() as url:
         rows = asyncio.run(bench(args.turns, args.prompt_chars, url))
-    finally:
-        if server is not None:
-            server.stop()
     at = {(r["where"], r["turns"]): r for r in rows}
     first, last = checkpoints(args.turns)[0], args.turns
     for r in rows:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 from copilot import CopilotClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the throwaway server
-from pg_server import find_bin_dir, start_postgres  # noqa: E402
+from pg_server import database_for_bench  # noqa: E402
 from support import TIMEOUT  # noqa: E402
 
 from helpers.model.backends import choose_backend
 from helpers.notebook.session_costs import measure_session_costs
-from helpers.run import relative, remove_dir, run_dir
+from helpers.run import remove_dir, run_dir
 from helpers.runtime import transport
 from helpers.runtime.server import start_server
 from helpers.store import open_store
@@ -84,20 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     from helpers.notebook.display import table
 
-    url = os.environ.get("DATABASE_URL", "")
-    server = None
-    if not url and find_bin_dir() is not None:
-        server = start_postgres()
-        url = server.url
-        print(f"PostgreSQL: a throwaway server in {relative(server.root)}")
-    elif not url:
-        print("PostgreSQL: skipped (no DATABASE_URL, no binaries: apt-get install postgresql)")
-    try:
-        with transport.quickack(not args.no_quickack):
-            rows = asyncio.run(bench(args.rounds, url))
-    finally:
-        if server is not None:
-            server.stop()
+    with database_for_bench() as url, transport.quickack(not args.no_quickack):
+        rows = asyncio.run(bench(args.rounds, url))
     ack = "off" if args.no_quickack else "on"
     print(f"medians of {args.rounds} rounds; TCP_NODELAY on; quickack {ack}")
     table(rows)

@@ -14,6 +14,7 @@ can enter; run by anyone else, as the current user. The server runs under the ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -23,12 +24,13 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from support import free_port
 
-from helpers.run import TMP, writable_dir
+from helpers.run import TMP, relative, writable_dir
 from helpers.runtime.logs import log_tail, redact
 from helpers.runtime.server import GUARD, STOP_TIMEOUT_S, stop_guard
 
@@ -107,6 +109,24 @@ def _default_root(unprivileged: bool) -> Path:
     if reachable and len(str(here)) + len("/.s.PGSQL.65535") < 100:
         return here
     return Path(tempfile.mkdtemp(prefix=f"copilot-tutorial-{name}-"))
+
+
+@contextlib.contextmanager
+def database_for_bench() -> Iterator[str]:
+    """A benchmark's PostgreSQL: ``DATABASE_URL``, else a throwaway server for the block, else
+    ``""`` (PostgreSQL skipped). Prints which, never the URL (it holds the password)."""
+    url, server = os.environ.get("DATABASE_URL", ""), None
+    if not url and find_bin_dir() is not None:
+        server = start_postgres()
+        url = server.url
+        print(f"PostgreSQL: a throwaway server in {relative(server.root)}")
+    elif not url:
+        print("PostgreSQL: skipped (no DATABASE_URL, no binaries: apt-get install postgresql)")
+    try:
+        yield url
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def start_postgres(root: Path | None = None, timeout: float = START_TIMEOUT_S) -> PgServer:
