@@ -287,12 +287,7 @@ class Service:
 
     async def check_owner(self, user: str, conversation: str) -> None:
         """``NotYourSession`` unless ``user`` owns ``conversation`` (same for unknown ids)."""
-        try:
-            await self.store.check_owner(user, conversation)
-        except NotYourSession:
-            raise
-        except Exception as exc:
-            raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
+        await self._stored(self.store.check_owner(user, conversation))
 
     def per_user_credentials(self) -> bool:
         """Whether each user's sessions run on their own GitHub token (notebook 03)."""
@@ -318,17 +313,15 @@ class Service:
         """Await a store call; a database that does not answer is ``StoreDown`` (503)."""
         try:
             return await work
+        except NotYourSession:  # the store's answer, not its failure
+            raise
         except Exception as exc:
             raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
 
     async def history(self, user: str, conversation: str) -> list[dict[str, str]]:
         """The conversation's messages, read from the session's own events in the store."""
         await self.check_owner(user, conversation)
-        try:
-            events = await stored_events(self.store, conversation)
-        except Exception as exc:
-            raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
-        return messages_of(events)
+        return messages_of(await self._stored(stored_events(self.store, conversation)))
 
     async def delete(self, user: str, conversation: str) -> None:
         """Delete the conversation for good (after a running turn of it ends)."""
@@ -336,10 +329,7 @@ class Service:
         async with self.locks.turn(conversation, self.settings.turn_timeout_s):
             with contextlib.suppress(Exception):  # session_fs sessions are the store's to delete
                 await self.client.delete_session(conversation)
-            try:
-                await forget_session_rows(self.store, conversation)
-            except Exception as exc:
-                raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
+            await self._stored(forget_session_rows(self.store, conversation))
         self.locks.forget(conversation)
 
     def send(self, user: str, conversation: str, text: str) -> Turn:
@@ -435,12 +425,16 @@ class Service:
         return self.files_of(user) if user else None
 
     async def _create_pooled(self) -> CopilotSession:
+        return await self._create_ask_session(self.backend.session_kwargs())
+
+    async def _create_ask_session(self, model_kwargs: dict[str, Any]) -> CopilotSession:
+        """A short-lived session with the three file tools, on ``model_kwargs``'s model."""
         return await self.client.create_session(
             tools=self._tools,
             available_tools=ALLOWLIST,
             streaming=True,
             create_session_fs_handler=store_fs(self.store),
-            **self.backend.session_kwargs(),
+            **model_kwargs,
         )
 
     async def _retire(self, session: CopilotSession) -> None:
@@ -477,13 +471,7 @@ class Service:
         with per-user credentials an ask pays for its own create (and its delete, which a
         cancelled caller cannot cut).
         """
-        session = await self.client.create_session(
-            tools=self._tools,
-            available_tools=ALLOWLIST,
-            streaming=True,
-            create_session_fs_handler=store_fs(self.store),
-            **self._model_kwargs(user),
-        )
+        session = await self._create_ask_session(self._model_kwargs(user))
         self._asking[session.session_id] = user
         try:
             yield session
