@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up (once) and check the tutorial.
-#   ./verify.sh          execute every notebook in notebooks/ headlessly with papermill
-#   ./verify.sh --tests  run the whole pytest suite (which also executes the notebooks)
+#   ./verify.sh          install what the notebooks need (requirements.txt), then execute every
+#                        notebook in notebooks/ headlessly with papermill
+#   ./verify.sh --tests  install what the tests need too (requirements-dev.txt), then run the whole
+#                        pytest suite (which also executes the notebooks)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,16 +45,29 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 hash_of() { "$PY" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"; }
 
 # --- Python environment ------------------------------------------------------
-want="$(hash_of requirements.txt)-$(hash_of pyproject.toml)"
-if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]]; then
-  echo "==> setting up .venv from requirements.txt (first run takes a few minutes)"
+# Each mode records the hashes of the files it installed from; a change to any of them reinstalls.
+# requirements-dev.txt includes requirements.txt, so installing it satisfies the notebooks' mode too.
+if [[ "$MODE" == tests ]]; then
+  REQS=requirements-dev.txt
+  want="$(hash_of requirements.txt)-$(hash_of requirements-dev.txt)-$(hash_of pyproject.toml)"
+  MARK="$VENV/.requirements-dev.sha256"
+else
+  REQS=requirements.txt
+  want="$(hash_of requirements.txt)-$(hash_of pyproject.toml)"
+  MARK="$VENV/.requirements.sha256"
+fi
+if [[ ! -x "$VENV/bin/python" ]] || [[ "$(cat "$MARK" 2>/dev/null)" != "$want" ]]; then
+  echo "==> setting up .venv from $REQS (first run takes a few minutes)"
   [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV" || die "could not create .venv (on Debian/Ubuntu: apt-get install python3-venv)"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt \
-    || die "pip install -r requirements.txt failed (see the messages above)"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS" \
+    || die "pip install -r $REQS failed (see the messages above)"
   # `helpers` becomes importable from the notebooks, the tests and scripts, with no sys.path edits.
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e . \
     || die "pip install -e . failed (see the messages above)"
-  echo "$want" > "$VENV/.requirements.sha256"
+  echo "$want" > "$MARK"
+  if [[ "$MODE" == tests ]]; then  # requirements.txt came with it
+    echo "$(hash_of requirements.txt)-$(hash_of pyproject.toml)" > "$VENV/.requirements.sha256"
+  fi
 fi
 
 # --- the Copilot runtime (npm) -----------------------------------------------

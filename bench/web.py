@@ -1,6 +1,6 @@
 """Benchmark the web backend: N users at once over HTTP against the same turns in-process.
 
-    flock /work/wt/bench.lock .venv/bin/python bench/web.py            # 1, 16, 64 users
+    flock tmp/bench.lock .venv/bin/python bench/web.py            # 1, 16, 64 users
     .venv/bin/python bench/web.py --users 1,4 --turns 1                # a quick look
 
 Prints one table (time to first token and to the whole reply, median and p95, turns per second,

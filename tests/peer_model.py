@@ -7,7 +7,9 @@ at once, in its own words, and uses tools its own way:
   property writes, one with only a path reads, one without parameters lists), not from names;
 - it asks for every tool it needs in **one** response (parallel tool calls), then answers from
   the results in the next request;
-- its arguments are compact JSON with sorted keys, streamed in pieces when ``"stream": true``;
+- its arguments are compact JSON with sorted keys;
+- with ``"stream": true`` it sends each reply (text and tool calls) as **one** chunk, where the
+  stand-in streams in pieces: so every notebook runs on both kinds of server;
 - it answers "what is the X?" by scanning the earlier user messages of the request, newest first,
   for "X is ..." or "X: ...": it keeps nothing between requests;
 - it ignores instructions about time ("Wait 3 seconds"): every answer is instant.
@@ -252,29 +254,13 @@ class Reply:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
-        out = [chunk({"role": "assistant", "content": ""})]
-        for piece in re.findall(r"\S+\s*|\s+", self.text):
-            out.append(chunk({"content": piece}))
-        for index, entry in enumerate(self.call_entries()):
-            head = {"index": index, "id": entry["id"], "type": "function"}
-            args = entry["function"]["arguments"]
-            half = len(args) // 2
-            out.append(
-                chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                **head,
-                                "function": {"name": entry["function"]["name"], "arguments": ""},
-                            }
-                        ]
-                    }
-                )
-            )
-            for part in (args[:half], args[half:]):
-                out.append(
-                    chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
-                )
+        # The whole reply in ONE chunk (a valid server, and what a one-word answer is on any model):
+        # the notebooks must not assume that a streamed reply comes in more than one piece.
+        delta: dict[str, Any] = {"role": "assistant", "content": self.text}
+        calls = self.call_entries()
+        if calls:
+            delta["tool_calls"] = [{"index": i, **entry} for i, entry in enumerate(calls)]
+        out = [chunk(delta)]
         out.append(chunk({}, self.finish))
         if with_usage:
             out.append({**chunk({}), "choices": [], "usage": self.usage()})

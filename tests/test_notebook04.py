@@ -4,10 +4,12 @@ and PostgreSQL through DATABASE_URL (given to the kernel's environment, never as
 from __future__ import annotations
 
 import ast
+import re
 
 import pg_fixture
 import psycopg
 import pytest
+from support import REPO_ROOT
 from test_notebooks import (
     execute,
     leaves_nothing,
@@ -47,6 +49,8 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solutions(
     assert "8 trials, mallory 0 to 28 ms after u2: 0 leaks" in text, "the fix, proved"
     assert "'forks': 0, 'lost': 0, 'doubled': 0, 'timeouts': 0, 'failed': 0" in text
     assert "first request: TimeoutError" in text
+    assert re.search(r"two turns\n? *taken under the lease add 0: each follows", printed(nb))
+    assert "/session-state/events.jsonl" in text and str(REPO_ROOT) not in text, "no local path"
     said = printed(nb)
     order = ast.literal_eval(line_after(said, "served in this order:"))
     assert sorted(order) == ["runtime-1", "runtime-2"], "exercise 1: both runtimes took a turn"

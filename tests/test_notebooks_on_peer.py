@@ -24,7 +24,9 @@ SHOWN = {
         "gave up after",
         "a request was in flight when the drain began: True",
     ],
+    "04": ["taken under the lease add 0", "served in this order:"],
     "05": ["each of the 8 files is in its own user's filesystem"],
+    "06": ["A's conversation is untouched", "B's file reached B's ask, and only B's"],
 }
 ALL = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

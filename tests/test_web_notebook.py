@@ -9,7 +9,7 @@ import papermill
 import pg_fixture
 import pytest
 from support import our_runtime_processes
-from test_notebooks import execute, leaves_nothing, runs_of
+from test_notebooks import execute, leaves_nothing, runs_of, with_solutions
 
 pytestmark = pytest.mark.notebook
 NB06 = "06_a_web_backend.ipynb"
@@ -30,10 +30,19 @@ def printed(nb) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-def test_notebook_06_with_other_parameters_leaves_nothing_and_prints_no_token() -> None:
+def test_notebook_06_with_other_parameters_and_the_solutions_prints_no_token() -> None:
     with leaves_nothing(NB06):
-        nb = execute(NB06, tag="other-", BENCH_USERS=4, BENCH_TURNS=1, TURNS_PER_USER=3)
+        nb = execute(
+            NB06,
+            source=with_solutions(NB06),
+            tag="other-",
+            BENCH_USERS=4,
+            BENCH_TURNS=1,
+            TURNS_PER_USER=3,
+        )
     text = printed(nb)
+    assert "A's conversation is untouched" in text, "exercise 1's solution ran"
+    assert "B's file reached B's ask, and only B's" in text, "exercise 2's solution ran"
     assert "too_many_turns" in text and "429" in text, "the limit was shown"
     assert "Bearer " not in text.replace("Bearer …", ""), "no authorization header is printed"
     assert not TOKEN_LIKE.findall(text), "nothing that looks like a token is printed"

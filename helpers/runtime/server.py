@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from helpers.errors import RuntimeStartError
 from helpers.run import LOGS, REPO_ROOT, TMP, relative, writable_dir
 from helpers.runtime.binary import find_runtime
-from helpers.runtime.logs import log_tail, redact
+from helpers.runtime.logs import log_tail, prune_logs, redact
 
 if TYPE_CHECKING:
     from copilot import CopilotClient
@@ -199,6 +199,7 @@ def _launch(
     writable_dir(LOGS)
     log_path = LOGS / f"runtime-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.log"
     log_path.touch()
+    prune_logs(LOGS)  # tmp/logs/ keeps the newest runtime logs only (helpers/runtime/logs.py)
     env = dict(env, COPILOT_HOME=str(home))
     if token:
         env["COPILOT_CONNECTION_TOKEN"] = token
