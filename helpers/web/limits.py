@@ -1,12 +1,47 @@
-"""A limit on request bodies, enforced before the app reads them (413, as JSON)."""
+"""What every request meets before the app reads its body: the bearer token (401), then the
+body's size (413), as JSON."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PUBLIC = frozenset({"/", "/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+
+
+class RequireToken:
+    """401 for a request without a valid bearer token, before its body is read or validated.
+
+    ``user_of`` maps a presented token to its user (``None``: unknown); the user found goes into
+    ``scope["state"]["user"]`` for the route. Only ``PUBLIC`` paths are open to everyone.
+    """
+
+    def __init__(self, app: ASGIApp, user_of: Callable[[str | None], Any]) -> None:
+        self.app, self.user_of = app, user_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        scheme, _, token = (
+            dict(scope.get("headers") or []).get(b"authorization", b"").partition(b" ")
+        )
+        user = None
+        if scheme.lower() == b"bearer" and token.strip():
+            user = self.user_of(token.strip().decode("latin-1"))
+            if inspect.isawaitable(user):  # a book kept in the database answers asynchronously
+                user = await user
+        if user is None:
+            message = "a valid bearer token is required (Authorization: Bearer …)"
+            await _reply(send, 401, "unauthorized", message, (b"www-authenticate", b"Bearer"))
+            return
+        scope.setdefault("state", {})["user"] = user
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -46,12 +81,15 @@ class BodyLimit:
         return f"the body is {size} bytes or more; the limit is {self.limit} bytes"
 
 
-async def _reply(send: Send, status: int, code: str, message: str) -> None:
+async def _reply(
+    send: Send, status: int, code: str, message: str, *extra: tuple[bytes, bytes]
+) -> None:
     body = json.dumps({"error": code, "message": message}).encode()
     headers: list[Any] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
+        (b"connection", b"close"),  # the body, if any, is left unread
+        *extra,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
