@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
+import sqlite3
 import statistics
 import threading
 import time
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 from web_fixture import ServiceThread
 
 from helpers.web.service import Settings
@@ -159,3 +163,88 @@ def test_creating_a_conversation_while_draining_is_503() -> None:
         assert response.json()["error"] == "draining" and response.headers["retry-after"]
     finally:
         web.stop()
+
+
+def secrets_of(web: ServiceThread) -> list[str]:
+    """What no body may name: the database, the runtime's address and log, notebook advice."""
+    service = web.service
+    runtime = service.server
+    return [
+        service.store.describe(),
+        "sessions.db",
+        runtime.url,
+        f":{runtime.url.rsplit(':', 1)[-1]}",
+        str(runtime.log_path.name),
+        service.holder,
+        "re-run",
+        "cell",
+    ]
+
+
+def lease_of(web: ServiceThread, cid: str):
+    return web.call(web.service.store.lease_of(cid))
+
+
+def test_a_database_fault_gives_the_lease_back_and_names_nothing(web, token) -> None:
+    cid = new_conversation(web, token)
+    assert send(web, token, cid, "Say hello.")[0] == 200
+    running, cut = in_background(send, web, token, cid, SLOW)
+    wait_until(lambda: web.service.running("A") >= 1)
+    time.sleep(0.5)
+    web.call(web.service.store.close())
+    try:
+        running.join(60)
+        bodies = [
+            httpx.get(f"{web.url}/ready", timeout=30).text,
+            post(web, "/conversations", token).text,
+            post(web, f"/conversations/{cid}/messages", token, json={"text": "hi"}).text,
+            json.dumps(cut[0][1]),
+        ]
+    finally:
+        web.call(web.service.store.connect())
+    assert cut[0][0] == 200 and cut[0][1][-1][1]["error"] == "store_down", cut[0][1][-1:]
+    wait_until(lambda: lease_of(web, cid) is None, 5)  # given back as soon as the store answers
+    started = time.monotonic()
+    status, events = send(web, token, cid, "Say hello again.")
+    assert status == 200 and events[-1][0] == "message", events[-1:]
+    assert time.monotonic() - started < 8, "the next turn did not wait for the lease to expire"
+    for body in bodies:
+        assert not [s for s in secrets_of(web) if s in body], body
+
+
+def send_watching_lease(web: ServiceThread, token: str, cid: str, text: str):
+    """Send; on the final event, read the lease row at once (SQLite, from this thread)."""
+    events, held = [], "unread"
+    path = f"/conversations/{cid}/messages"
+    with httpx.Client(base_url=web.url, timeout=60, headers=auth(token)) as http:
+        with connect_sse(http, "POST", path, json={"text": text}) as source:
+            for event in source.iter_sse():
+                if event.event in ("message", "error"):
+                    with sqlite3.connect(web.folder / "sessions.db", timeout=5) as db:
+                        held = db.execute(
+                            "SELECT holder FROM session_leases WHERE session_id = ?", (cid,)
+                        ).fetchall()
+                events.append((event.event, json.loads(event.data)))
+    return source.response.status_code, events, held
+
+
+def test_a_dead_runtime_gives_the_lease_back_before_the_error_and_names_nothing(web, token) -> None:
+    cid = new_conversation(web, token)
+    running, cut = in_background(send_watching_lease, web, token, cid, SLOW)
+    wait_until(lambda: web.service.running("A") >= 1)
+    time.sleep(0.5)
+    forbidden = secrets_of(web)
+    restarts = web.service.restarts
+    os.killpg(web.service.server.pid, signal.SIGKILL)
+    running.join(60)
+    held_at_report = cut[0][2]
+    bodies = [json.dumps(cut[0][1])]
+    while web.service.restarts == restarts:
+        bodies.append(httpx.get(f"{web.url}/ready", timeout=30).text)
+        bodies.append(post(web, f"/conversations/{cid}/messages", token, json={"text": "x"}).text)
+        time.sleep(0.1)
+    assert cut[0][0] == 200 and cut[0][1][-1][1]["error"] == "runtime_down", cut[0][1][-1:]
+    assert held_at_report == [], "the lease was still held when the error was reported"
+    for body in bodies:
+        assert not [s for s in forbidden if s in body], body
+    wait_until(lambda: httpx.get(f"{web.url}/ready", timeout=30).status_code == 200, 30)
