@@ -22,6 +22,7 @@ import pytest
 from httpx_sse import connect_sse
 from web_fixture import ServiceThread
 
+from helpers.store.session_fs import stored_events
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -248,3 +249,42 @@ def test_a_dead_runtime_gives_the_lease_back_before_the_error_and_names_nothing(
     for body in bodies:
         assert not [s for s in forbidden if s in body], body
     wait_until(lambda: httpx.get(f"{web.url}/ready", timeout=30).status_code == 200, 30)
+
+
+def stored_turns(web: ServiceThread, cid: str, text: str) -> int:
+    """How many times the store holds ``text`` as a user message of ``cid``."""
+    events = web.call(stored_events(web.service.store, cid))
+    return sum(
+        1
+        for e in events
+        if e.get("type") == "user.message" and (e.get("data") or {}).get("content") == text
+    )
+
+
+def test_a_retry_with_the_same_idempotency_key_runs_the_turn_once(web, token) -> None:
+    cid = new_conversation(web, token)
+    text = "Wait 1 seconds, then remember: the codename is KESTREL-4."
+    both = [in_background(send, web, token, cid, text, "key-1") for _ in range(2)]
+    for thread, _ in both:
+        thread.join(60)
+    (s1, first), (s2, second) = both[0][1][0], both[1][1][0]
+    assert s1 == s2 == 200 and first[-1][0] == "message", (first[-1:], second[-1:])
+    assert first == second, "the concurrent send got the same events"
+    assert stored_turns(web, cid, text) == 1, "two sends with one key ran one turn"
+    status, again = send(web, token, cid, text, "key-1")
+    assert status == 200 and again == first, "a retry after the end replays the same events"
+    assert stored_turns(web, cid, text) == 1
+    status, other = send(web, token, cid, text, "key-2")
+    assert status == 200 and other[-1][0] == "message"
+    assert stored_turns(web, cid, text) == 2, "another key is another turn"
+
+
+def test_bad_or_reused_idempotency_keys_are_422(web, token) -> None:
+    cid = new_conversation(web, token)
+    for key in ("k" * 256, "with space", "tab\there", b"caf\xe9", ""):
+        status, body = send(web, token, cid, "Say hello.", key)
+        assert status == 422 and body["error"] == "malformed", (key, body)
+    assert send(web, token, cid, "Say hello.", "k" * 255)[0] == 200
+    status, body = send(web, token, cid, "Say something else.", "k" * 255)
+    assert status == 422 and body["error"] == "idempotency_key_reused", body
+    assert stored_turns(web, cid, "Say something else.") == 0
