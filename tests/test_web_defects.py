@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
 import sqlite3
 import statistics
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -288,3 +290,41 @@ def test_bad_or_reused_idempotency_keys_are_422(web, token) -> None:
     status, body = send(web, token, cid, "Say something else.", "k" * 255)
     assert status == 422 and body["error"] == "idempotency_key_reused", body
     assert stored_turns(web, cid, "Say something else.") == 0
+
+
+class _Count(logging.Handler):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen = text, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen += self.text in record.getMessage()
+
+
+def test_a_hang_up_mid_stream_writes_nothing_to_the_log(web, token) -> None:
+    """A long reply streams word by word; the caller hangs up after the first delta."""
+    cid = new_conversation(web, token)
+    body = json.dumps({"text": "Remember: the codename is " + "w " * 3000}).encode()
+    counter = _Count("socket.send() raised exception.")
+    logging.getLogger().addHandler(counter)
+    try:
+        for how in ("reset", "shutdown", "close") * 2:
+            sock = _socket(web)
+            head = (
+                f"POST /conversations/{cid}/messages HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            got = b""
+            while b"event: delta" not in got:
+                got += sock.recv(4096)
+            if how == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif how == "shutdown":
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+            wait_until(lambda: web.service.running("A") == 0)
+    finally:
+        logging.getLogger().removeHandler(counter)
+    assert counter.seen == 0, f"{counter.seen} log lines"

@@ -8,6 +8,7 @@ runtime or the database down (503).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -281,6 +282,10 @@ def _stream(turn: AsyncIterator[Event]) -> EventSourceResponse:
     async def events() -> AsyncIterator[ServerSentEvent]:
         async for kind, data in turn:
             yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
+            # Queued deltas would go out in one burst that never yields to the loop, so a peer
+            # that hung up is noticed only after all of them (each write to its closed socket
+            # logging "socket.send() raised exception."): yield once per event.
+            await asyncio.sleep(0)
 
     return EventSourceResponse(events(), ping=15, send_timeout=30)
 
