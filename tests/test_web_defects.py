@@ -28,11 +28,14 @@ from helpers.store.session_fs import stored_events
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
+ARRIVAL_S = 2.0
 
 
 @pytest.fixture(scope="module")
 def web() -> Iterator[ServiceThread]:
-    running = ServiceThread(Settings(turn_timeout_s=30, turns_per_user=4, pool_size=1))
+    running = ServiceThread(
+        Settings(turn_timeout_s=30, turns_per_user=4, pool_size=1, request_arrival_s=ARRIVAL_S)
+    )
     try:
         yield running
     finally:
@@ -328,3 +331,55 @@ def test_a_hang_up_mid_stream_writes_nothing_to_the_log(web, token) -> None:
     finally:
         logging.getLogger().removeHandler(counter)
     assert counter.seen == 0, f"{counter.seen} log lines"
+
+
+def _closed_within(sock: socket.socket, deadline: float) -> bytes | None:
+    """What the server sent before closing, or ``None`` if it was still open at ``deadline``."""
+    got = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            piece = sock.recv(4096)
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return got
+        if not piece:
+            return got
+        got += piece
+
+
+def test_a_request_that_never_finishes_arriving_is_cut(web, token) -> None:
+    cid = new_conversation(web, token)
+    path = f"/conversations/{cid}/messages"
+    keep_alive = f"GET /whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    halves = {
+        "nothing": b"",
+        "half the headers": b"POST /conversations HTTP/1.1\r\nHost: x\r\n",
+        "half the body": (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"text": '
+        ).encode(),
+        "a second request, half sent": (keep_alive + "GET /whoami HTTP/1.1\r\n").encode(),
+    }
+    socks = []
+    for name, data in halves.items():
+        for _ in range(10):
+            sock = _socket(web)
+            sock.sendall(data)
+            socks.append((name, sock))
+    deadline = time.monotonic() + ARRIVAL_S + 4
+    try:
+        seen = [(name, _closed_within(sock, deadline)) for name, sock in socks]
+    finally:
+        for _, sock in socks:
+            sock.close()
+    still_open = [name for name, got in seen if got is None]
+    assert not still_open, f"{len(still_open)} of {len(seen)} still open: {set(still_open)}"
+    for name, got in seen:
+        assert b"HTTP/1.1 408 Request Timeout" in got, (name, got[-300:])
+    with httpx.Client(base_url=web.url, timeout=10, headers=auth(token)) as http:
+        assert http.get("/whoami").status_code == 200, "whole requests are served as before"

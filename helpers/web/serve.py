@@ -18,6 +18,7 @@ from copilot.tools import Tool
 
 from helpers.web.app import create_app
 from helpers.web.auth import TokenBook
+from helpers.web.limits import timed_arrival
 from helpers.web.service import Service, Settings
 
 START_TIMEOUT_S = 10.0
@@ -48,6 +49,7 @@ class WebServer:
             lifespan="off",
             timeout_graceful_shutdown=5,
             access_log=False,
+            http=timed_arrival(service.settings.request_arrival_s),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

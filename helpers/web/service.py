@@ -72,6 +72,7 @@ class Settings:
     lease_ttl_s: float = 30.0  # renewed every third of it while a turn runs
     max_message_chars: int = 16_000
     max_body_bytes: int = 64 * 1024
+    request_arrival_s: float = 10.0  # the longest a request's headers and body may take to arrive
     drain_timeout_s: float = 60.0
     orphan_age_s: float = 600.0
     supervise_every_s: float = 0.5
