@@ -383,3 +383,44 @@ def test_a_request_that_never_finishes_arriving_is_cut(web, token) -> None:
         assert b"HTTP/1.1 408 Request Timeout" in got, (name, got[-300:])
     with httpx.Client(base_url=web.url, timeout=10, headers=auth(token)) as http:
         assert http.get("/whoami").status_code == 200, "whole requests are served as before"
+
+
+GHOST_TRIALS = int(os.environ.get("WEB_GHOST_TRIALS", "12"))
+
+
+def test_a_turn_reported_failed_is_not_stored_or_says_it_was() -> None:
+    """Turns that end near their timeout (the model's delay bisected to where a turn stops being
+    stored, so most trials land in the window): whatever each is told, the store agrees."""
+    web = ServiceThread(Settings(turn_timeout_s=1.0, pool_size=1, lease_ttl_s=6))
+    try:
+        token = web.service.tokens.issue("G")
+        cid = new_conversation(web, token)
+        outcomes = []
+        low, high = 0.6, 1.4  # bisect to where a turn stops being stored: where ghosts are
+        for trial in range(GHOST_TRIALS):
+            wait = (low + high) / 2
+            text = f"Wait {wait:.2f} seconds, then remember: the codename is G-{trial}."
+            status, events = send(web, token, cid, text)
+            assert status == 200, events
+            kind, data = events[-1]
+            history = web.call(web.service.history("G", cid))
+            at = [i for i, m in enumerate(history) if m["text"] == text]
+            stored = (
+                bool(at)
+                and at[-1] + 1 < len(history)
+                and history[at[-1] + 1]["role"] == ("assistant")
+            )
+            outcomes.append(
+                (round(wait, 3), kind, data.get("error", ""), data.get("stored", "-"), stored)
+            )
+            low, high = (wait, high) if stored else (low, wait)
+    finally:
+        web.stop()
+    ghosts = [o for o in outcomes if o[1] == "error" and o[4] and o[3] is not None]
+    lost = [o for o in outcomes if o[1] == "message" and not o[4]]
+    assert not ghosts and not lost, outcomes
+    assert {o[1] for o in outcomes} == {"message", "error"}, (
+        "the sweep crossed the timeout",
+        outcomes,
+    )
+    assert all(o[3] is False for o in outcomes if o[1] == "error"), outcomes
