@@ -127,7 +127,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 SSE_DOC = {
     200: {
         "description": "Server-Sent Events: `delta` (text as it arrives), then `message` (the "
-        "whole reply) or `error` (what went wrong)",
+        "whole reply; `stored_after_error` names the error of a turn the store kept anyway) or "
+        "`error` (what went wrong; `stored`: whether the store holds the turn, null if unknown). "
+        "With an `Idempotency-Key` used before, the first send's events replayed",
         "content": {
             "text/event-stream": {
                 "schema": {
@@ -137,8 +139,9 @@ SSE_DOC = {
                         "event": {"type": "string", "enum": ["delta", "message", "error"]},
                         "data": {
                             "type": "string",
-                            "description": 'JSON: {"text": ...} for delta and message, '
-                            '{"error": code, "message": ...} for error',
+                            "description": 'JSON: {"text": ...} for delta and message '
+                            '(plus "stored_after_error"), {"error": code, "message": ..., '
+                            '"stored": true/false/null} for error',
                         },
                     },
                 }
