@@ -141,7 +141,7 @@ SSE_DOC = {
                             "type": "string",
                             "description": 'JSON: {"text": ...} for delta and message '
                             '(plus "stored_after_error"), {"error": code, "message": ..., '
-                            '"stored": true/false/null} for error',
+                            '"stored": false or null} for error',
                         },
                     },
                 }
