@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import pg_fixture
 import pytest
 from httpx_sse import connect_sse
 from web_fixture import ServiceThread
@@ -28,6 +29,7 @@ from helpers.store.session_fs import stored_events
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
+postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
 ARRIVAL_S = 2.0
 
 
@@ -45,6 +47,31 @@ def web() -> Iterator[ServiceThread]:
 @pytest.fixture(scope="module")
 def token(web: ServiceThread) -> str:
     return web.service.tokens.issue("A")
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def on_each_db(request: pytest.FixtureRequest) -> Iterator[tuple[ServiceThread, str]]:
+    """The service on SQLite (the module's), then on a throwaway PostgreSQL; with a token."""
+    if request.param == "sqlite":
+        web = request.getfixturevalue("web")
+        yield web, request.getfixturevalue("token")
+        return
+    before = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    try:
+        web = ServiceThread(Settings(turn_timeout_s=30, turns_per_user=4, pool_size=1))
+    finally:
+        if before is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = before
+    try:
+        assert web.service.store.engine == "postgresql"
+        yield web, web.service.tokens.issue("A")
+    finally:
+        web.stop()
 
 
 def auth(token: str) -> dict[str, str]:
@@ -266,7 +293,8 @@ def stored_turns(web: ServiceThread, cid: str, text: str) -> int:
     )
 
 
-def test_a_retry_with_the_same_idempotency_key_runs_the_turn_once(web, token) -> None:
+def test_a_retry_with_the_same_idempotency_key_runs_the_turn_once(on_each_db) -> None:
+    web, token = on_each_db
     cid = new_conversation(web, token)
     text = "Wait 1 seconds, then remember: the codename is KESTREL-4."
     both = [in_background(send, web, token, cid, text, "key-1") for _ in range(2)]
@@ -284,7 +312,8 @@ def test_a_retry_with_the_same_idempotency_key_runs_the_turn_once(web, token) ->
     assert stored_turns(web, cid, text) == 2, "another key is another turn"
 
 
-def test_bad_or_reused_idempotency_keys_are_422(web, token) -> None:
+def test_bad_or_reused_idempotency_keys_are_422(on_each_db) -> None:
+    web, token = on_each_db
     cid = new_conversation(web, token)
     for key in ("k" * 256, "with space", "tab\there", b"caf\xe9", ""):
         status, body = send(web, token, cid, "Say hello.", key)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +32,7 @@ IDEMPOTENCY_DDL = (
     "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (user_id, conversation, idem_key))"
 )
 _KEYED = "WHERE user_id = ? AND conversation = ? AND idem_key = ?"
-_ready: set[int] = set()  # the stores (by id) whose table exists
+_ready: weakref.WeakSet[SessionStore] = weakref.WeakSet()  # the stores whose table exists
 
 
 class KeyReused(ValueError):
@@ -97,9 +98,9 @@ class Claim:
 
 async def ensure_table(store: SessionStore) -> None:
     """Create ``web_idempotency`` if it is missing (once per store)."""
-    if id(store) not in _ready:
+    if store not in _ready:
         await store.execute(IDEMPOTENCY_DDL)
-        _ready.add(id(store))
+        _ready.add(store)
 
 
 def _digest(text: str) -> str:
