@@ -453,3 +453,23 @@ def test_a_turn_reported_failed_is_not_stored_or_says_it_was() -> None:
         outcomes,
     )
     assert all(o[3] is False for o in outcomes if o[1] == "error"), outcomes
+
+
+def test_a_keyed_send_whose_caller_hung_up_runs_on_for_its_retry(web, token) -> None:
+    cid = new_conversation(web, token)
+    text = "Wait 1 seconds, then remember: the codename is OSPREY-9."
+    body = json.dumps({"text": text}).encode()
+    sock = _socket(web)
+    head = (
+        f"POST /conversations/{cid}/messages HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Idempotency-Key: hang-up-1\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    wait_until(lambda: web.service.running("A") >= 1)
+    sock.close()  # the caller hangs up before the reply, and retries with the same key
+    status, events = send(web, token, cid, text, "hang-up-1")
+    assert status == 200 and events[-1][0] == "message", events[-1:]
+    assert "OSPREY-9" in events[-1][1]["text"]
+    assert stored_turns(web, cid, text) == 1

@@ -441,7 +441,7 @@ class Service:
                 text,
                 opened,
                 self.settings.turn_timeout_s,
-                self.settings.abort_abandoned,
+                self.settings.abort_abandoned and key is None,  # a keyed send runs on for its retry
                 after=stored,
                 finished=lambda: self._end(user),
                 settle=settle,
