@@ -26,6 +26,7 @@ from httpx_sse import connect_sse
 from web_fixture import ServiceThread
 
 from helpers.store.session_fs import stored_events
+from helpers.web.client import Caller, Reply
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -293,6 +294,11 @@ def stored_turns(web: ServiceThread, cid: str, text: str) -> int:
     )
 
 
+async def _send_as_caller(url: str, token: str, cid: str, text: str, key: str) -> Reply:
+    async with Caller(url, token) as caller:
+        return await caller.send(cid, text, key=key)
+
+
 def test_a_retry_with_the_same_idempotency_key_runs_the_turn_once(on_each_db) -> None:
     web, token = on_each_db
     cid = new_conversation(web, token)
@@ -306,6 +312,8 @@ def test_a_retry_with_the_same_idempotency_key_runs_the_turn_once(on_each_db) ->
     assert stored_turns(web, cid, text) == 1, "two sends with one key ran one turn"
     status, again = send(web, token, cid, text, "key-1")
     assert status == 200 and again == first, "a retry after the end replays the same events"
+    replayed = asyncio.run(_send_as_caller(web.url, token, cid, text, "key-1"))
+    assert replayed.events == first, "the helpers' caller sends the key too"
     assert stored_turns(web, cid, text) == 1
     status, other = send(web, token, cid, text, "key-2")
     assert status == 200 and other[-1][0] == "message"

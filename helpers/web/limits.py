@@ -14,7 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-PUBLIC = frozenset({"/", "/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+PUBLIC = frozenset(
+    {"/", "/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
 
 
 class RequireToken:
