@@ -1,12 +1,13 @@
 """Benchmark the web backend: N users at once over HTTP against the same turns in-process.
 
-    flock tmp/bench.lock .venv/bin/python bench/web.py            # 1, 16, 64 users
+    flock tmp/bench.lock .venv/bin/python bench/web.py                 # 1, 16, 64 users
     .venv/bin/python bench/web.py --users 1,4 --turns 1                # a quick look
 
 Prints one table (time to first token and to the whole reply, median and p95, turns per second,
 errors, cross-user leaks) and the overhead of the HTTP layer against the issue's goals; writes a
 plot to tmp/bench-web.png. The model is the local stand-in unless COPILOT_TUTORIAL_BACKEND says
 otherwise, so on `local` the figures are the SDK, the runtime, the store and the web layer alone.
+The HTTP callers run in a process of their own (``helpers.web.bench``), not on the server's loop.
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ runtime or the database down (503).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -30,9 +31,10 @@ from helpers.errors import (
     TooManyTurns,
     VfsError,
 )
-from helpers.web.limits import BodyLimit
+from helpers.web.limits import BodyLimit, RequireToken
+from helpers.web.outcomes import MAX_KEY_CHARS, KeyReused
 from helpers.web.service import Service
-from helpers.web.turns import Turn
+from helpers.web.turns import PUBLIC_MESSAGES, Event, log
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_MESSAGE_CHARS = 16_000
@@ -125,7 +127,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 SSE_DOC = {
     200: {
         "description": "Server-Sent Events: `delta` (text as it arrives), then `message` (the "
-        "whole reply) or `error` (what went wrong)",
+        "whole reply; `stored_after_error` names the error of a turn the store kept anyway) or "
+        "`error` (what went wrong; `stored`: whether the store holds the turn, null if unknown). "
+        "With an `Idempotency-Key` used before, the first send's events replayed",
         "content": {
             "text/event-stream": {
                 "schema": {
@@ -135,8 +139,9 @@ SSE_DOC = {
                         "event": {"type": "string", "enum": ["delta", "message", "error"]},
                         "data": {
                             "type": "string",
-                            "description": 'JSON: {"text": ...} for delta and message, '
-                            '{"error": code, "message": ...} for error',
+                            "description": 'JSON: {"text": ...} for delta and message '
+                            '(plus "stored_after_error"), {"error": code, "message": ..., '
+                            '"stored": false or null} for error',
                         },
                     },
                 }
@@ -152,15 +157,24 @@ def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The user whose token came with the request; 401 for none or an unknown one."""
-    tokens = request.app.state.service.tokens
-    user = tokens.user_of(credentials.credentials if credentials else None)
+    """The user whose token came with the request (checked by ``RequireToken``, before the body)."""
+    user = getattr(request.state, "user", None)
     if user is None:
         raise HTTPException(401, "a valid bearer token is required (Authorization: Bearer …)")
     return user
 
 
 User = Annotated[str, Depends(caller)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_KEY_CHARS,
+        pattern=r"^[!-~]+$",
+        description="Your id for this send (printable ASCII): a retry with it runs no new turn",
+    ),
+]
 
 
 def create_app(service: Service) -> FastAPI:
@@ -171,6 +185,7 @@ def create_app(service: Service) -> FastAPI:
         summary="Conversations and asks over one shared Copilot runtime, replies streamed as SSE",
     )
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
+    app.add_middleware(RequireToken, user_of=service.tokens.user_of)  # outermost: 401 first
     app.state.service = service
     _handlers(app)
 
@@ -193,7 +208,8 @@ def create_app(service: Service) -> FastAPI:
         """Readiness: fails while draining, or while the runtime or the database is down."""
         reason = await service.ready()
         if reason is not None:
-            raise _Unavailable("not_ready", reason)
+            log.warning("not ready: %s", reason)  # the details (addresses, paths) stay here
+            raise _Unavailable("not_ready", f"not ready: {_cause(reason)}")
         return Status(status="ready")
 
     @app.post(
@@ -210,12 +226,17 @@ def create_app(service: Service) -> FastAPI:
         return Conversations(conversations=[Conversation(id=i) for i in ids])
 
     @app.post("/conversations/{conversation_id}/messages", responses={**SSE_DOC, **TURN_ERRORS})
-    async def send(conversation_id: str, body: MessageIn, user: User) -> EventSourceResponse:
-        """Send a message; the reply streams back as it is written."""
+    async def send(
+        conversation_id: str, body: MessageIn, user: User, idempotency_key: IdempotencyKey = None
+    ) -> EventSourceResponse:
+        """Send a message; the reply streams back as it is written.
+
+        With an ``Idempotency-Key``, a retry gets the first send's outcome replayed (or waits for
+        it) and the turn runs once; a key whose first send failed (nothing stored) runs again.
+        """
         await service.check_owner(user, conversation_id)
         await service.check_store()
-        service.begin(user)
-        return _stream(service.send(user, conversation_id, body.text))
+        return _stream(await service.send_once(user, conversation_id, body.text, idempotency_key))
 
     @app.get(
         "/conversations/{conversation_id}/messages",
@@ -241,7 +262,7 @@ def create_app(service: Service) -> FastAPI:
     async def ask(body: MessageIn, user: User) -> EventSourceResponse:
         """A one-off question with your files (three file tools); no session is kept after."""
         service.begin(user)
-        return _stream(service.ask(user, body.text))
+        return _stream(service.ask(user, body.text).events())
 
     @app.get("/files", response_model=Files, responses=_errors(401))
     async def files(user: User) -> Files:
@@ -260,12 +281,24 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-def _stream(turn: Turn) -> EventSourceResponse:
+def _stream(turn: AsyncIterator[Event]) -> EventSourceResponse:
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async for kind, data in turn.events():
+        async for kind, data in turn:
             yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
+            # Queued deltas would go out in one burst that never yields to the loop, so a peer
+            # that hung up is noticed only after all of them (each write to its closed socket
+            # logging "socket.send() raised exception."): yield once per event.
+            await asyncio.sleep(0)
 
     return EventSourceResponse(events(), ping=15, send_timeout=30)
+
+
+def _cause(reason: str) -> str:
+    """``ready()``'s reason in words that name no address, path or user."""
+    for word, public in (("draining", "draining"), ("database", "store_down")):
+        if word in reason:
+            return PUBLIC_MESSAGES[public]
+    return PUBLIC_MESSAGES["runtime_down"]
 
 
 class _Unavailable(Exception):
@@ -333,11 +366,17 @@ def _handlers(app: FastAPI) -> None:
 
         def make(code: str):
             async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-                return _json(503, code, str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
+                log.warning("%s: %s", code, exc)  # the details stay in the server's log
+                message = PUBLIC_MESSAGES[code]
+                return _json(503, code, message, **{"Retry-After": str(RETRY_AFTER_S)})
 
             return unavailable
 
         app.add_exception_handler(kind, make(code))
+
+    @app.exception_handler(KeyReused)
+    async def key_reused(request: Request, exc: KeyReused) -> JSONResponse:
+        return _json(422, "idempotency_key_reused", str(exc))
 
     @app.exception_handler(_Unavailable)
     async def not_ready(request: Request, exc: _Unavailable) -> JSONResponse:

@@ -2,6 +2,8 @@
 
 Both ways make the same turns through the same ``Service`` (ownership, lock, lease, store, streamed
 deltas); over HTTP each also crosses uvicorn, FastAPI, the bearer check, SSE framing and httpx.
+The HTTP callers run in a process of their own (``python -m helpers.web.bench``, given the users on
+stdin), so the clients' own work does not share the server's event loop and its figures.
 Each user has a conversation of their own, made before the clock starts, and sends ``turns``
 messages one after the other; all users start at once. Every stream is checked for the other
 users' codenames (a leak) and for its own final message (else an error).
@@ -11,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpx
 from httpx_sse import aconnect_sse
@@ -110,6 +116,55 @@ async def _over_http(http: httpx.AsyncClient, token: str, conversation: str, tex
     return Sample(first, time.perf_counter() - start, final, error or ("" if final else "none"))
 
 
+def _text(code: str, step: int) -> str:
+    return f"Remember: the codename is {code} (turn {step + 1})."
+
+
+async def _callers(url: str, users: dict[str, list[str]], turns: int) -> dict[str, Any]:
+    """Every user's turns over HTTP at once: ``{"seconds": ..., "samples": {name: [...]}}``."""
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in users}
+    size = len(users) + 4
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+        async def user_turns(name: str, token: str, conversation: str, code: str) -> None:
+            for step in range(turns):
+                sample = await _over_http(http, token, conversation, _text(code, step))
+                samples[name].append(asdict(sample))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user_turns(name, *spec) for name, spec in users.items()))
+        return {"seconds": time.perf_counter() - started, "samples": samples}
+
+
+async def _callers_process(url: str, users: dict[str, list[str]], turns: int) -> dict[str, Any]:
+    """``_callers`` in a process of its own; the users (with their tokens) go over stdin."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "helpers.web.bench",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    ask = json.dumps({"url": url, "users": users, "turns": turns}).encode()
+    try:
+        out, err = await asyncio.wait_for(child.communicate(ask), 120 + 60 * turns)
+    except BaseException:
+        child.kill()
+        await child.wait()
+        raise
+    if child.returncode != 0:
+        raise RuntimeError(f"the load generator failed: {err.decode()[-2000:]}")
+    return json.loads(out)
+
+
 async def measure(service: Service, url: str, mode: str, users: int, turns: int = 2) -> Point:
     """``users`` users at once, ``turns`` turns each, in ``mode`` (``HTTP`` or ``in-process``)."""
     tag = secrets.token_hex(2)
@@ -118,19 +173,25 @@ async def measure(service: Service, url: str, mode: str, users: int, turns: int 
     tokens = {name: service.tokens.issue(name) for name in names}
     conversations = {name: await service.create_conversation(name) for name in names}
     point = Point(mode, users)
-    limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+
+    def add(name: str, sample: Sample) -> None:
+        point.samples.append(sample)
+        others = [c for n, c in codes.items() if n != name]
+        point.leaks += sum(1 for c in others if c in sample.text)
+
+    if mode == "HTTP":
+        spec = {name: [tokens[name], conversations[name], codes[name]] for name in names}
+        ran = await _callers_process(url, spec, turns)
+        point.seconds = ran["seconds"]
+        for name, samples in ran["samples"].items():
+            for sample in samples:
+                add(name, Sample(**sample))
+    else:
 
         async def user_turns(name: str) -> None:
             for step in range(turns):
-                text = f"Remember: the codename is {codes[name]} (turn {step + 1})."
-                if mode == "HTTP":
-                    sample = await _over_http(http, tokens[name], conversations[name], text)
-                else:
-                    sample = await _in_process(service, name, conversations[name], text)
-                point.samples.append(sample)
-                others = [c for n, c in codes.items() if n != name]
-                point.leaks += sum(1 for c in others if c in sample.text)
+                text = _text(codes[name], step)
+                add(name, await _in_process(service, name, conversations[name], text))
 
         started = time.perf_counter()
         await asyncio.gather(*(user_turns(name) for name in names))
@@ -200,3 +261,8 @@ def plot(points: list[Point], path=None):  # -> matplotlib Figure
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+if __name__ == "__main__":  # the load generator: the users on stdin, the samples on stdout
+    order = json.load(sys.stdin)
+    print(json.dumps(asyncio.run(_callers(order["url"], order["users"], order["turns"]))))

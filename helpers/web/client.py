@@ -75,19 +75,34 @@ class Caller:
         return await self.http.put(f"/files/{path}", json={"content": content})
 
     async def send(
-        self, conversation: str, text: str, on_delta: Callable[[str], None] | None = None
+        self,
+        conversation: str,
+        text: str,
+        on_delta: Callable[[str], None] | None = None,
+        key: str | None = None,
     ) -> Reply:
-        """Send a message; read the streamed reply to its end (``on_delta`` gets each piece)."""
-        return await self.stream(f"/conversations/{conversation}/messages", text, on_delta)
+        """Send a message; read the streamed reply to its end (``on_delta`` gets each piece).
+
+        With ``key`` (an ``Idempotency-Key``), sending again with the same key runs no new turn.
+        """
+        path = f"/conversations/{conversation}/messages"
+        return await self.stream(path, text, on_delta, key)
 
     async def ask(self, text: str, on_delta: Callable[[str], None] | None = None) -> Reply:
         """A short-lived ask with this user's files, streamed."""
         return await self.stream("/ask", text, on_delta)
 
     async def stream(
-        self, path: str, text: str, on_delta: Callable[[str], None] | None = None
+        self,
+        path: str,
+        text: str,
+        on_delta: Callable[[str], None] | None = None,
+        key: str | None = None,
     ) -> Reply:
-        async with aconnect_sse(self.http, "POST", path, json={"text": text}) as source:
+        headers = {"Idempotency-Key": key} if key is not None else {}
+        async with aconnect_sse(
+            self.http, "POST", path, json={"text": text}, headers=headers
+        ) as source:
             reply = Reply(source.response.status_code)
             if reply.status != 200:
                 await source.response.aread()

@@ -18,6 +18,7 @@ from copilot.tools import Tool
 
 from helpers.web.app import create_app
 from helpers.web.auth import TokenBook
+from helpers.web.limits import timed_arrival
 from helpers.web.service import Service, Settings
 
 START_TIMEOUT_S = 10.0
@@ -37,6 +38,9 @@ class WebServer:
         self.service = service
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it (Linux): without it, each response after the first on a
+        # kept-alive connection waits ~40 ms for the client's delayed ACK (Nagle's algorithm).
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.bind((host, port))
         self.host, self.port = self._socket.getsockname()[:2]
         config = uvicorn.Config(
@@ -45,6 +49,7 @@ class WebServer:
             lifespan="off",
             timeout_graceful_shutdown=5,
             access_log=False,
+            http=timed_arrival(service.settings.request_arrival_s),
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

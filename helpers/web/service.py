@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,13 @@ from helpers.tools.routed_tools import routed_file_tools
 from helpers.tools.vfs import VirtualFS
 from helpers.web.auth import TokenBook
 from helpers.web.db import forget_session_rows, open_web_store, stored_orphans
-from helpers.web.turns import Turn
+from helpers.web.outcomes import Claim, KeyReused, claim, outcome, record, release, stored_reply
+from helpers.web.outcomes import forget as forget_keys
+from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn
+
+NO_TURN = ("not_found", "busy", "draining")  # failures that come before the turn reaches the model
+READ_BACK_S = 5.0  # how long reading a failed turn back from the store may take
+_letting_go: set[asyncio.Task[None]] = set()
 
 DISCONNECT_S = 10.0  # how long closing a conversation's session may take
 
@@ -65,6 +72,7 @@ class Settings:
     lease_ttl_s: float = 30.0  # renewed every third of it while a turn runs
     max_message_chars: int = 16_000
     max_body_bytes: int = 64 * 1024
+    request_arrival_s: float = 10.0  # the longest a request's headers and body may take to arrive
     drain_timeout_s: float = 60.0
     orphan_age_s: float = 600.0
     supervise_every_s: float = 0.5
@@ -303,6 +311,8 @@ class Service:
 
     async def create_conversation(self, user: str) -> str:
         """A new conversation of ``user``: the id is ours, the owner recorded; no turn yet."""
+        if not self.gate.accepting:
+            raise Draining("this instance is shutting down: try again in a moment")
         return await self._stored(self.store.new_id(user))
 
     async def conversations(self, user: str) -> list[str]:
@@ -313,7 +323,7 @@ class Service:
         """Await a store call; a database that does not answer is ``StoreDown`` (503)."""
         try:
             return await work
-        except NotYourSession:  # the store's answer, not its failure
+        except (NotYourSession, KeyReused):  # the store's answer, not its failure
             raise
         except Exception as exc:
             raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
@@ -330,35 +340,132 @@ class Service:
             with contextlib.suppress(Exception):  # session_fs sessions are the store's to delete
                 await self.client.delete_session(conversation)
             await self._stored(forget_session_rows(self.store, conversation))
+            await self._stored(forget_keys(self.store, conversation))
         self.locks.forget(conversation)
 
-    def send(self, user: str, conversation: str, text: str) -> Turn:
+    async def send_once(
+        self, user: str, conversation: str, text: str, key: str | None = None
+    ) -> AsyncIterator[Event]:
+        """A turn's events (after ``check_owner``); with ``key``, the first outcome of that key.
+
+        A send with a key already used by this user in this conversation runs no turn: it
+        replays the stored outcome, or waits for the send still running and replays its.
+        """
+        if key is None:
+            self.begin(user)
+            return self.send(user, conversation, text).events()
+        stale_s = self.settings.turn_timeout_s + self.settings.lease_ttl_s + DISCONNECT_S + 10
+        took = await self._stored(claim(self.store, user, conversation, key, text, stale_s))
+        if took.events is not None:
+            return _replay(took.events)
+        if took.state == "running":
+            return _replay(outcome(self.store, user, conversation, key, stale_s))
+        if took.taken_over:  # its process ended mid-turn: was the turn stored before it did?
+            reply = await self._stored(stored_reply(self.store, conversation, text, "", took.since))
+            if reply is not None:
+                events: list[Event] = [("message", {"text": reply})]
+                await self._stored(record(self.store, user, conversation, key, took.holder, events))
+                return _replay(events)
+        try:
+            self.begin(user)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await release(self.store, user, conversation, key, took.holder)
+            raise
+        return self.send(user, conversation, text, key, took).events()
+
+    def send(
+        self,
+        user: str,
+        conversation: str,
+        text: str,
+        key: str | None = None,
+        took: Claim | None = None,
+    ) -> Turn:
         """Start one turn in ``user``'s conversation (after ``begin`` and ``check_owner``)."""
+        since = time.time() - 1.0
 
         @contextlib.asynccontextmanager
         async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
             async with self.gate.request(), self._turn_lock(conversation):
-                async with self._lease(conversation) as lease:
-                    session = await self._open(user, conversation, lease)
-                    try:
-                        yield session
-                    finally:  # a cancelled caller cannot cut the disconnect (notebook 04's finish)
-                        with contextlib.suppress(Exception):
-                            await finish(asyncio.wait_for(session.disconnect(), DISCONNECT_S))
+                await self.check_owner(user, conversation)  # deleted while this send waited?
+                holder = None
+                try:
+                    async with self._lease(conversation) as lease:
+                        holder = lease.holder if lease is not None else None
+                        session = await self._open(user, conversation, lease)
+                        try:
+                            yield session
+                        finally:  # a cancelled caller cannot cut it (notebook 04's finish)
+                            with contextlib.suppress(Exception):
+                                await finish(asyncio.wait_for(session.disconnect(), DISCONNECT_S))
+                except BaseException:
+                    if holder is not None:
+                        await finish(self._let_go(conversation, holder))
+                    raise
+                if holder is not None and turn.result.error:
+                    await finish(self._let_go(conversation, holder))
 
         async def stored(result: Any) -> None:
             await self._check_stored(conversation, text)
+
+        async def settle(turn: Turn, final: Event) -> Event:
+            kind, data = final
+            if kind == "error" and data["error"] not in NO_TURN:
+                try:  # the lease is given back, so no late write can land after this read
+                    reply = await asyncio.wait_for(
+                        stored_reply(self.store, conversation, text, turn.result.message_id, since),
+                        READ_BACK_S,
+                    )
+                except Exception:
+                    data["message"] += " (whether the turn was stored is unknown: retry it)"
+                    data["stored"] = None
+                else:
+                    if reply is None:
+                        data["stored"] = False
+                    else:
+                        final = ("message", {"text": reply, "stored_after_error": data["error"]})
+                        turn.result.text, turn.result.error = reply, ""
+            if key is not None and took is not None:
+                with contextlib.suppress(Exception):  # else it is taken over once stale
+                    await asyncio.wait_for(
+                        record(
+                            self.store, user, conversation, key, took.holder, [*turn.sent, final]
+                        ),
+                        READ_BACK_S,
+                    )
+            return final
 
         return self._track(
             Turn(
                 text,
                 opened,
                 self.settings.turn_timeout_s,
-                self.settings.abort_abandoned,
+                self.settings.abort_abandoned and key is None,  # a keyed send runs on for its retry
                 after=stored,
                 finished=lambda: self._end(user),
+                settle=settle,
             )
         )
+
+    async def _let_go(self, conversation: str, holder: str) -> None:
+        """After a fault, make sure the lease is given back: at once if the database answers,
+        else from the background as soon as it does (until the lease would have run out)."""
+        deadline = time.monotonic() + self.settings.lease_ttl_s
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.drop_lease(conversation, holder), 2.0)
+            return
+
+        async def retry() -> None:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.store.drop_lease(conversation, holder), 2.0)
+                    return
+
+        task = asyncio.ensure_future(retry())
+        _letting_go.add(task)
+        task.add_done_callback(_letting_go.discard)
 
     def _lease(self, conversation: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """Notebook 04's lease, one per request (renewed while it runs), unless switched off."""
@@ -486,6 +593,16 @@ class Service:
         self._turns.add(turn)
         turn.task.add_done_callback(lambda _: self._turns.discard(turn))
         return turn
+
+
+async def _replay(events: Any) -> AsyncIterator[Event]:
+    """The events of an earlier send (a list, or an awaitable that waits for them)."""
+    try:
+        kept = events if isinstance(events, list) else await events
+    except Exception:
+        kept = [("error", {"error": "store_down", "message": PUBLIC_MESSAGES["store_down"]})]
+    for kind, data in kept:
+        yield kind, data
 
 
 def messages_of(events: list[dict[str, Any]]) -> list[dict[str, str]]:

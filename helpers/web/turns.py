@@ -4,12 +4,17 @@ The turn runs in a task of its own, apart from the HTTP response that reads it. 
 goes away (the browser tab closed, the network dropped) the response calls ``abandon()``; the task
 then aborts the turn in the runtime (``session.abort()``) instead of letting it run on, and
 releases what it held (the lock, the lease, the session) the same way as on a normal end.
+
+The final event (the whole message, or an error) is sent only after the session is closed and the
+lease given back, and after ``settle`` has looked at what the store holds: a caller told "failed"
+may retry at once, and a turn the store kept anyway is reported as kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,12 +28,26 @@ from helpers.errors import (
     LeaseExpired,
     NoTokenForUser,
     NotStored,
+    NotYourSession,
     RuntimeDown,
     RuntimeGone,
     StoreDown,
 )
 
 ABORT_WAIT_S = 10.0
+log = logging.getLogger("helpers.web")
+
+# What a caller is told for each code whose details (database address, runtime URL, holder names,
+# the runtime's own words) belong in the server's log only. Other codes' messages are our own.
+PUBLIC_MESSAGES = {
+    "store_down": "the database did not answer: try again in a moment",
+    "runtime_down": "the Copilot runtime is not available: try again in a moment",
+    "draining": "this instance is shutting down: try again in a moment",
+    "busy": "another turn of this conversation is running: try again in a moment",
+    "lease_lost": "this turn lost its hold on the conversation and was stopped",
+    "model_error": "the turn failed in the runtime (details are in the server's log)",
+    "internal": "an internal error (details are in the server's log)",
+}
 
 # What a turn's stream carries: ("delta", {"text": ...}) ..., then ("message", {...}) or
 # ("error", {"error": code, "message": ...}).
@@ -54,7 +73,18 @@ def error_code(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, NoTokenForUser):
         return "no_github_token"
+    if isinstance(exc, NotYourSession):
+        return "not_found"
     return "internal"
+
+
+def public_message(code: str, detail: str) -> str:
+    """What the caller may read for ``code``; a withheld ``detail`` goes to the log instead."""
+    public = PUBLIC_MESSAGES.get(code)
+    if public is None:
+        return detail
+    log.warning("turn failed (%s): %s", code, detail)
+    return public
 
 
 @dataclass
@@ -70,6 +100,7 @@ class TurnResult:
     last_delta_s: float | None = None
     seconds: float = 0.0
     events: list[str] = field(default_factory=list)
+    message_id: str = ""  # the id of this turn's ``user.message`` event, once the runtime sent it
 
 
 class Turn:
@@ -83,11 +114,15 @@ class Turn:
         abort_abandoned: bool = True,
         after: Callable[[TurnResult], Awaitable[None]] | None = None,
         finished: Callable[[], None] | None = None,
+        settle: Callable[[Turn, Event], Awaitable[Event]] | None = None,
     ) -> None:
         self.prompt, self.timeout_s = prompt, timeout_s
         self.abort_abandoned = abort_abandoned
         self.result = TurnResult()
         self._opener, self._after, self._finished = opener, after, finished
+        self._settle = settle
+        self._final: Event | None = None
+        self.sent: list[Event] = []  # the deltas so far, in order (kept for a replay)
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._abandoned = asyncio.Event()
         self._stop_reason = ""
@@ -126,24 +161,31 @@ class Turn:
         return self.result
 
     def _put(self, kind: str, data: dict[str, Any]) -> None:
+        self.sent.append((kind, data))
         self._queue.put_nowait((kind, data))
 
     def fail(self, code: str, message: str) -> None:
-        """End the stream with an error event (once)."""
+        """End the stream with an error event (the first one counts), sent once the turn let go."""
         if not self.result.error:
             self.result.error = code
-            self._put("error", {"error": code, "message": message})
+            self._final = ("error", {"error": code, "message": public_message(code, message)})
 
     async def _run(self) -> None:
         try:
-            async with self._opener(self) as session:
-                await self._converse(session)
-                if not self.result.error and self._after is not None:
-                    await self._after(self.result)
-            if not self.result.error:
-                self._put("message", {"text": self.result.text})
-        except Exception as exc:  # every failure reaches the caller as an error event
-            self.fail(error_code(exc), str(exc) or type(exc).__name__)
+            try:
+                async with self._opener(self) as session:
+                    await self._converse(session)
+                    if not self.result.error and self._after is not None:
+                        await self._after(self.result)
+            except Exception as exc:  # every failure reaches the caller as an error event
+                self.fail(error_code(exc), str(exc) or type(exc).__name__)
+            final = self._final or ("message", {"text": self.result.text})
+            if self._settle is not None:  # the session closed, the lease given back: look now
+                try:
+                    final = await self._settle(self, final)
+                except Exception as exc:
+                    log.warning("settling a turn failed: %r", exc)
+            self._queue.put_nowait(final)
         finally:
             self.result.seconds = time.perf_counter() - self._start
             self._queue.put_nowait(None)
@@ -167,6 +209,8 @@ class Turn:
                 self.result.deltas += 1
                 if piece:
                     self._put("delta", {"text": piece})
+            elif kind == "user.message" and not self.result.message_id:
+                self.result.message_id = str(getattr(event, "id", "") or "")
             elif kind == "assistant.message":
                 content = getattr(event.data, "content", "") or ""
                 if content:
