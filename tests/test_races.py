@@ -1,6 +1,7 @@
 """Notebook 04's serving path under races, on SQLite and PostgreSQL, with two real runtimes.
 
-Each case of ``race_harness`` reproduces items of issue 14 (the counts its closing note quotes
+Each case of ``race_harness`` (and of ``race_faults``: issue 21's stalled and killed runtimes)
+reproduces items of issue 14 (the counts its closing note quotes
 were taken with the old code by running the same cases through the old ``Router`` and turn), and
 here runs its trials with offsets swept across the dangerous window: every count must be 0.
 ``RACE_TRIALS=200`` runs more trials per case.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pg_fixture
 import pytest
+import race_faults  # noqa: F401  (adds the fault cases: SIGSTOP, kill -9, busy pool, ...)
 import test_session_store
 from race_harness import CASES, KINDS, SLOW_S, NewSystem, clients_of, run_case
 
@@ -60,7 +62,9 @@ async def system(
     local_backend: Backend,
 ) -> AsyncIterator[NewSystem]:
     async with clients_of(runtimes) as clients:
-        yield NewSystem(store, clients, session_kwargs, standin=local_backend.standin)
+        yield NewSystem(
+            store, clients, session_kwargs, standin=local_backend.standin, servers=runtimes
+        )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -69,7 +73,12 @@ async def test_races_leave_no_leak_fork_lost_or_doubled_turn(
 ) -> None:
     counts = await run_case(
         lambda ttl: NewSystem(
-            system.store, system.clients, system.options, lease_ttl_s=ttl, standin=system.standin
+            system.store,
+            system.clients,
+            system.options,
+            lease_ttl_s=ttl,
+            standin=system.standin,
+            servers=system.servers,
         ),
         case,
     )
