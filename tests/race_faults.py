@@ -45,7 +45,7 @@ from helpers.events import forks
 from helpers.store.router import Router
 from helpers.store.session_fs import SESSION_FS, stored_events
 
-STALL_S = 5.0  # how long runtime 1 is stopped: past the request's timeout, stop timeouts and TTL
+STALL_S = 4.5  # how long runtime 1 is stopped: past the request's timeout, stop timeouts and TTL
 STOP_S = 1.0  # the routers' stop timeouts in the stall case (the default 10 s, shortened)
 BUSY_S = 0.4  # each blocking job that keeps the SDK's thread pool busy
 CANCEL_LIMIT_S = 5.0  # a cancelled request must end within this (the old code waited 10 s)

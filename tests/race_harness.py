@@ -535,13 +535,13 @@ RENEW_TTL_S = 1.2
 # name -> (case, default trials in the suite, offset window in seconds, lease TTL)
 CASES: dict[str, tuple[Callable[..., Awaitable[Counter[str]]], int, tuple[float, float], float]] = {
     "claim": (case_claim, 16, (0.0, 0.03), 30.0),
-    "one-runtime": (case_one_runtime, 16, (0.0, 0.5), 30.0),
-    "timeout": (case_timeout, 4, (0.6, 1.4), 30.0),
-    "renew": (case_renew, 4, (0.2, 2.2), RENEW_TTL_S),
-    "stall": (case_stall, 3, (1.3, 1.9), RENEW_TTL_S),
+    "one-runtime": (case_one_runtime, 8, (0.0, 0.5), 30.0),
+    "timeout": (case_timeout, 2, (0.6, 1.4), 30.0),
+    "renew": (case_renew, 3, (0.2, 2.2), RENEW_TTL_S),
+    "stall": (case_stall, 2, (1.3, 1.9), RENEW_TTL_S),
     "cancel-anyio": (case_cancel, 3, (0.05, 1.3), 30.0),
     "cancel-task": (functools.partial(case_cancel, how="task"), 2, (0.05, 1.3), 30.0),
-    "delete": (case_delete, 3, (0.3, 2.0), 30.0),
+    "delete": (case_delete, 2, (0.3, 2.0), 30.0),
     "create-cancel": (case_create_cancel, 4, (0.0, 0.06), 30.0),
     "create-cancel-anyio": (
         functools.partial(case_create_cancel, how="anyio"),
