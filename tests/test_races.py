@@ -29,6 +29,7 @@ from helpers.model.backends import Backend
 from helpers.runtime.server import RuntimeServer, start_server
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, held
+from helpers.store.router import Router
 from helpers.store.session_fs import StoreFs, stored_events
 
 pytestmark = pytest.mark.runtime
@@ -284,3 +285,41 @@ async def test_finish_holds_back_a_cancellation_until_the_work_is_done() -> None
 
 
 RACE_UNIT_TRIALS = int(os.environ.get("RACE_TRIALS") or 10)
+
+
+async def test_an_unknown_id_is_refused_before_any_runtime_is_asked(store: SessionStore) -> None:
+    """Issue 21, item 5: ``send(None, unknown id)`` passed the owner check (no owner == no user)
+    and ended in a misleading ``LeaseExpired`` after the runtime was asked."""
+    asked: list[tuple] = []
+
+    async def opener(*args: object) -> None:
+        asked.append(args)
+
+    router = Router({"runtime-1": object()}, store, opener)
+    unknown = f"user-nobody-{secrets.token_hex(8)}"
+    for user in (None, "u21"):
+        with pytest.raises(NotYourSession):
+            await router.send(user, unknown, "Hello.")  # type: ignore[arg-type]
+    assert asked == [] and await store.lease_of(unknown) is None
+
+
+def test_the_router_sends_nothing_to_a_runtime_that_is_down() -> None:
+    """Issue 21: least-busy kept choosing a dead runtime (it fails fast, so it looks idle). A
+    runtime whose connection closed, or that failed less than ``retry_s`` ago, is left out; a
+    runtime holding an unclosed session object of the id is left out for that id."""
+
+    class Gone:
+        _runtime_gone = "its connection closed"
+
+    router = Router({"runtime-1": Gone(), "runtime-2": object()}, None, None)  # type: ignore[arg-type]
+    router.served["runtime-2"] = 9
+    assert router.pick("s") == "runtime-2", "the dead one looks idle but is left out"
+    router.clients["runtime-1"] = object()  # started again, with a new client
+    router.down["runtime-1"] = time.monotonic() + 60
+    assert router.pick("s") == "runtime-2", "still within retry_s of its failure"
+    router.down["runtime-1"] = time.monotonic() - 1
+    assert router.pick("s") == "runtime-1", "tried again after retry_s"
+    router.stale["runtime-1", "s"] = object()
+    assert router.pick("s") == "runtime-2" and router.pick("t") == "runtime-1"
+    router.down["runtime-2"] = time.monotonic() + 60
+    assert router.pick("s") == "runtime-1", "with all else down, the one left is tried"
