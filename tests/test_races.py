@@ -1,6 +1,7 @@
 """Notebook 04's serving path under races, on SQLite and PostgreSQL, with two real runtimes.
 
-Each case of ``race_harness`` reproduces items of issue 14 (the counts its closing note quotes
+Each case of ``race_harness`` (and of ``race_faults``: issue 21's stalled and killed runtimes)
+reproduces items of issue 14 (the counts its closing note quotes
 were taken with the old code by running the same cases through the old ``Router`` and turn), and
 here runs its trials with offsets swept across the dangerous window: every count must be 0.
 ``RACE_TRIALS=200`` runs more trials per case.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pg_fixture
 import pytest
+import race_faults  # noqa: F401  (adds the fault cases: SIGSTOP, kill -9, busy pool, ...)
 import test_session_store
 from race_harness import CASES, KINDS, SLOW_S, NewSystem, clients_of, run_case
 
@@ -27,6 +29,7 @@ from helpers.model.backends import Backend
 from helpers.runtime.server import RuntimeServer, start_server
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, held
+from helpers.store.router import Router
 from helpers.store.session_fs import StoreFs, stored_events
 
 pytestmark = pytest.mark.runtime
@@ -60,21 +63,35 @@ async def system(
     local_backend: Backend,
 ) -> AsyncIterator[NewSystem]:
     async with clients_of(runtimes) as clients:
-        yield NewSystem(store, clients, session_kwargs, standin=local_backend.standin)
+        yield NewSystem(
+            store, clients, session_kwargs, standin=local_backend.standin, servers=runtimes
+        )
 
 
-@pytest.mark.parametrize("case", list(CASES))
 async def test_races_leave_no_leak_fork_lost_or_doubled_turn(
-    case: str, system: NewSystem, store: SessionStore
+    system: NewSystem, store: SessionStore
 ) -> None:
-    counts = await run_case(
-        lambda ttl: NewSystem(
-            system.store, system.clients, system.options, lease_ttl_s=ttl, standin=system.standin
-        ),
-        case,
-    )
-    print(f"{store.engine} {case}: " + ", ".join(f"{k} {counts[k]}" for k in KINDS))
-    assert all(counts[k] == 0 for k in KINDS), f"{case} on {store.engine}: {dict(counts)}"
+    """Every case, one after another on one pair of runtimes (starting a pair per case cost more
+    than most cases); every count of every case must be 0."""
+    bad = {}
+    for case in CASES:
+        started = time.perf_counter()
+        counts = await run_case(
+            lambda ttl: NewSystem(
+                system.store,
+                system.clients,
+                system.options,
+                lease_ttl_s=ttl,
+                standin=system.standin,
+                servers=system.servers,
+            ),
+            case,
+        )
+        shown = ", ".join(f"{k} {counts[k]}" for k in KINDS)
+        print(f"{store.engine} {case}: {shown} ({time.perf_counter() - started:.1f} s)")
+        if any(counts[k] for k in KINDS):
+            bad[case] = {k: counts[k] for k in KINDS if counts[k]}
+    assert not bad, f"on {store.engine}: {bad}"
 
 
 async def test_another_users_id_is_refused_before_any_turn(system: NewSystem) -> None:
@@ -268,3 +285,41 @@ async def test_finish_holds_back_a_cancellation_until_the_work_is_done() -> None
 
 
 RACE_UNIT_TRIALS = int(os.environ.get("RACE_TRIALS") or 10)
+
+
+async def test_an_unknown_id_is_refused_before_any_runtime_is_asked(store: SessionStore) -> None:
+    """Issue 21, item 5: ``send(None, unknown id)`` passed the owner check (no owner == no user)
+    and ended in a misleading ``LeaseExpired`` after the runtime was asked."""
+    asked: list[tuple] = []
+
+    async def opener(*args: object) -> None:
+        asked.append(args)
+
+    router = Router({"runtime-1": object()}, store, opener)
+    unknown = f"user-nobody-{secrets.token_hex(8)}"
+    for user in (None, "u21"):
+        with pytest.raises(NotYourSession):
+            await router.send(user, unknown, "Hello.")  # type: ignore[arg-type]
+    assert asked == [] and await store.lease_of(unknown) is None
+
+
+def test_the_router_sends_nothing_to_a_runtime_that_is_down() -> None:
+    """Issue 21: least-busy kept choosing a dead runtime (it fails fast, so it looks idle). A
+    runtime whose connection closed, or that failed less than ``retry_s`` ago, is left out; a
+    runtime holding an unclosed session object of the id is left out for that id."""
+
+    class Gone:
+        _runtime_gone = "its connection closed"
+
+    router = Router({"runtime-1": Gone(), "runtime-2": object()}, None, None)  # type: ignore[arg-type]
+    router.served["runtime-2"] = 9
+    assert router.pick("s") == "runtime-2", "the dead one looks idle but is left out"
+    router.clients["runtime-1"] = object()  # started again, with a new client
+    router.down["runtime-1"] = time.monotonic() + 60
+    assert router.pick("s") == "runtime-2", "still within retry_s of its failure"
+    router.down["runtime-1"] = time.monotonic() - 1
+    assert router.pick("s") == "runtime-1", "tried again after retry_s"
+    router.stale["runtime-1", "s"] = object()
+    assert router.pick("s") == "runtime-2" and router.pick("t") == "runtime-1"
+    router.down["runtime-2"] = time.monotonic() + 60
+    assert router.pick("s") == "runtime-1", "with all else down, the one left is tried"

@@ -52,6 +52,7 @@ class Lease:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     margin_s: float | None = None  # counted lost this long before expiry (default: ttl / 5)
     keep: bool = False  # set when the session could not be closed: let the lease run out
+    confirmed: bool = False  # set when the request's turn was read back stored whole
     safe_until: float = 0.0  # time.monotonic() until which we count the lease as ours
 
     @property
@@ -151,6 +152,20 @@ class Lease:
             await self.check()  # raises LeaseExpired
         return task.result()
 
+    async def retire(self) -> None:
+        """Keep the lease until it runs out, but refuse this token's writes from now on.
+
+        For a session the runtime did not confirm closed: its late writes must not land, and no
+        other request may open the session before the TTL is out (its holder may still be alive).
+        """
+        self.lost.set()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(max(self.ttl_s, 1.0)):
+                await self.store.execute(
+                    "UPDATE session_leases SET holder = ? WHERE session_id = ? AND holder = ?",
+                    (f"{self.holder}/retired", self.session_id, self.holder),
+                )
+
     async def release(self) -> bool:
         """Give the lease back if this token still holds it; True if it did."""
         return await self.store.drop_lease(self.session_id, self.holder)
@@ -173,7 +188,8 @@ async def held(
     beating = asyncio.ensure_future(lease.heartbeat())
     try:
         yield lease
-        await lease.check()
+        if not lease.confirmed:
+            await lease.check()
     finally:
         # In a task of its own: a cancellation (an anyio scope cancels at every await) cannot
         # cut the release; a lease whose session could not be closed (``keep``) runs out instead.
