@@ -288,7 +288,7 @@ def test_ask_with_my_files_leaves_no_session(web, tokens, http) -> None:
     theirs = stream(http, tokens["B"], "/ask", "List my files.")
     assert "notes.md" not in final(theirs)[1]["text"], "B's ask sees none of A's files"
     listed = http.get("/files", headers=auth(tokens["B"])).json()["files"]
-    assert listed == [] and web.service.files_of("B").snapshot() == {}
+    assert listed == [] and web.call(web.service.files_of("B").snapshot()) == {}
     used = set(pool.served[served:])
     web.call(pool.deleted_all(30))
     assert len(used) == 2 and used <= pool.deleted, "each ask's session is deleted after"
@@ -531,9 +531,9 @@ def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
     assert web.call(web.service.store.rows(session_id=cid)) == [], "no stored row is left"
     assert cid not in web.call(web.service.store.sessions_of("A"))
     assert cid not in web.stored_sessions() and web.call(web.service.store.owner(cid)) is None
-    before = web.service.files_of("A").snapshot()
+    before = web.call(web.service.files_of("A").snapshot())
     bad = ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname")
     for path in (*bad, "%0A_%03", "notes%0A.md", "a%0D%0Ab"):  # controls, newlines among them
         refused = http.put(f"/files/{path}", json={"content": "x"}, headers=auth(tokens["A"]))
         assert refused.status_code == 422 and refused.json()["error"] == "bad_file", refused.text
-    assert web.service.files_of("A").snapshot() == before, "a refused write changes nothing"
+    assert web.call(web.service.files_of("A").snapshot()) == before, "a refused write changes nothing"

@@ -40,5 +40,9 @@ async def open_store(
         store = await PostgresStore(url, schema).connect()
     else:
         store = SqliteStore(Path(run_folder) / "sessions.db")
-    await store.create_tables()
+    try:
+        await store.create_tables()
+    except BaseException:
+        await store.close()
+        raise
     return store
