@@ -536,4 +536,6 @@ def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
     for path in (*bad, "%0A_%03", "notes%0A.md", "a%0D%0Ab"):  # controls, newlines among them
         refused = http.put(f"/files/{path}", json={"content": "x"}, headers=auth(tokens["A"]))
         assert refused.status_code == 422 and refused.json()["error"] == "bad_file", refused.text
-    assert web.call(web.service.files_of("A").snapshot()) == before, "a refused write changes nothing"
+    assert web.call(web.service.files_of("A").snapshot()) == before, (
+        "a refused write changes nothing"
+    )
