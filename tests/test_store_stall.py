@@ -222,7 +222,7 @@ def test_a_frozen_postgresql_is_503_on_every_route_and_the_service_recovers_alon
     web = None
     try:
         web = ServiceThread(Settings(schema=f"t_{secrets.token_hex(4)}"))
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=web.url, timeout=30, headers=headers) as http:
             cid = http.post("/conversations").json()["id"]

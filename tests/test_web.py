@@ -37,7 +37,7 @@ def web() -> Iterator[ServiceThread]:
 
 @pytest.fixture(scope="module")
 def tokens(web: ServiceThread) -> dict[str, str]:
-    return {user: web.service.tokens.issue(user) for user in ("A", "B", "C")}
+    return {user: web.call(web.service.tokens.issue(user)) for user in ("A", "B", "C")}
 
 
 @pytest.fixture
@@ -339,7 +339,7 @@ def test_with_per_user_credentials_an_ask_runs_on_its_users_own_token(web, token
 
 
 def test_no_token_is_kept_or_written_in_the_clear(web, tokens) -> None:
-    assert all(token not in web.service.tokens.digests() for token in tokens.values())
+    assert all(token not in web.call(web.service.tokens.digests()) for token in tokens.values())
     assert repr(web.service.tokens) == "TokenBook(tokens=3)"
     for path in [*web.folder.rglob("*"), web.service.server.log_path]:
         if path.is_file():
@@ -411,7 +411,7 @@ def test_the_sweep_forgets_orphans_and_keeps_conversations_and_the_pool() -> Non
     older than ``orphan_age_s``; the users' conversations and the pool's ready sessions stay."""
     web = ServiceThread(Settings(turn_timeout_s=30, orphan_age_s=1.0, supervise_every_s=0.2))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         with httpx.Client(base_url=web.url, timeout=60) as http:
             cid = new_conversation(http, token)
             assert final(say(http, token, cid, f"Remember: the codename is {CODENAME}."))[0] == (
@@ -447,7 +447,7 @@ def test_the_sweep_forgets_orphans_and_keeps_conversations_and_the_pool() -> Non
 def test_drain_lets_the_running_turn_finish_and_refuses_new_ones() -> None:
     web = ServiceThread(Settings(turn_timeout_s=30))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         with httpx.Client(base_url=web.url, timeout=60) as http:
             cid = new_conversation(http, token)
             seen: list = []
@@ -493,7 +493,7 @@ def test_a_stop_without_drain_cuts_the_turn_but_leaves_no_lease_behind() -> None
 
     web = ServiceThread(Settings(turn_timeout_s=30))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         with httpx.Client(base_url=web.url, timeout=60) as http:
             cid = new_conversation(http, token)
             seen: list = []

@@ -20,25 +20,29 @@ import time
 from pathlib import Path
 
 from helpers.run import TMP, relative, remove_dir, run_dir
-from helpers.web.auth import TokenBook
+from helpers.web.auth import DAYS, TokenBook
 from helpers.web.db import open_web_store
-from helpers.web.serve import start_web
-from helpers.web.service import Settings
 
 DATA = TMP / "web-data"
 TOKENS = TMP / "web-tokens.json"
 
 
 async def serve(args: argparse.Namespace) -> None:
+    from helpers.web.serve import start_web  # here: ``tokens`` needs neither runtime nor HTTP
+    from helpers.web.service import Settings
+
     folder = run_dir("web")  # the runtime's home only: the data is in the database
-    settings = Settings(backend=args.backend, data=str(args.data), instance=args.instance)
+    settings = Settings(
+        backend=args.backend, data=str(args.data), instance=args.instance, schema=args.schema
+    )
     web = await start_web(folder, settings, args.host, args.port)
     users = [user for user in args.users.split(",") if user]
-    tokens = await reuse_or_issue(web.service.tokens, users)
-    private_file(TOKENS, json.dumps(tokens, indent=1) + "\n")
+    tokens = await reuse_or_issue(web.service.tokens, users, args.tokens_file)
+    private_file(args.tokens_file, json.dumps(tokens, indent=1) + "\n")
     print(f"Serving {web.service.backend.describe()} at {web.url}/ (API docs: {web.url}/docs)")
     print(f"Data in {web.service.store.describe()} (instance {web.service.holder}).")
-    print(f"Sign-in tokens for {', '.join(tokens)} are in {relative(TOKENS)} (yours only).")
+    where = relative(args.tokens_file)
+    print(f"Sign-in tokens for {', '.join(tokens)} are in {where} (yours only).")
     print("Ctrl+C drains the running turns, then stops.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,16 +54,16 @@ async def serve(args: argparse.Namespace) -> None:
     print(f"Stopped ({left} turns cut by the drain's timeout).")
 
 
-async def reuse_or_issue(book: TokenBook, users: list[str]) -> dict[str, str]:
+async def reuse_or_issue(book: TokenBook, users: list[str], path: Path) -> dict[str, str]:
     """The token of each user from the last start while still valid, else a new one."""
     kept: dict[str, str] = {}
     with contextlib.suppress(OSError, ValueError):
-        kept = json.loads(TOKENS.read_text())
+        kept = json.loads(path.read_text())
     tokens = {}
     for user in users:
         token = kept.get(user) if isinstance(kept, dict) else None
         valid = isinstance(token, str) and await book.user_of(token) == user
-        tokens[user] = token if valid else book.issue(user)
+        tokens[user] = token if valid else await book.issue(user)
     return tokens
 
 
@@ -72,12 +76,11 @@ def private_file(path: Path, text: str) -> None:
 
 
 async def tokens(args: argparse.Namespace) -> int:
-    settings = Settings()
-    store = await open_web_store(Path(args.data), schema=settings.schema)
+    store = await open_web_store(Path(args.data), schema=args.schema)
     try:
-        book = TokenBook(store, days=settings.token_days)
+        book = await TokenBook(DAYS).attach(store)
         if args.action == "issue":
-            token = book.issue(args.user, days=args.days)
+            token = await book.issue(args.user, days=args.days)
             if args.stdout:
                 print(token)
             else:
@@ -86,13 +89,13 @@ async def tokens(args: argparse.Namespace) -> int:
                 print(f"Token for {args.user} written to {relative(out)} (yours only).")
         elif args.action == "list":
             print(f"{'user':<16} {'id':<12} {'created (UTC)':<17} {'expires (UTC)':<17} state")
-            for t in book.list():
+            for t in await book.list():
                 state = "revoked" if t.revoked else "expired" if t.expires_at < time.time() else ""
                 print(
                     f"{t.user:<16} {t.id:<12} {_when(t.created_at)} {_when(t.expires_at)} {state}"
                 )
         else:
-            count = book.revoke(args.who)
+            count = await book.revoke(args.who)
             print(f"Revoked {count} token{'s' * (count != 1)} of {args.who}.")
             return 0 if count else 1
         return 0
@@ -105,19 +108,22 @@ def _when(t: float) -> str:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m helpers.web")
+    parser = argparse.ArgumentParser(prog="python -m helpers.web", description=__doc__)
     parser.add_argument(
         "--data", type=Path, default=DATA, help="folder of the SQLite file (tmp/web-data)"
     )
+    parser.add_argument("--schema", default="web", help="PostgreSQL: the tables' schema")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--backend", default="", help="local, github or byok (default: local)")
     parser.add_argument("--users", default="alice,bob", help="comma-separated user names")
     parser.add_argument("--drain-s", type=float, default=60.0, help="longest wait for turns")
     parser.add_argument("--instance", default="", help="this instance's stable name")
+    parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
     sub = parser.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="as above")
+    common.add_argument("--schema", default=argparse.SUPPRESS, help="as above")
     book = sub.add_parser("tokens", parents=[common], help="issue, list or revoke sign-in tokens")
     actions = book.add_subparsers(dest="action", required=True)
     issue = actions.add_parser("issue", parents=[common], help="a new token for USER")

@@ -97,7 +97,7 @@ class Service:
         self.folder = Path(folder)
         self.conversation_tools = list(tools or [])  # the tools a conversation's model may call
         self.settings = settings or Settings()
-        self.tokens = tokens or TokenBook(days=self.settings.token_days)
+        self.tokens = tokens or TokenBook(self.settings.token_days)
         self.locks = SessionLocks()
         self.gate = Drain()
         self.github_tokens: UserTokens | None = None
@@ -130,7 +130,7 @@ class Service:
                 start_server, self.backend, home=self.folder / "runtime"
             )
         self.store = await open_web_store(self.data, schema=self.settings.schema)
-        self.tokens.attach(self.store)
+        await self.tokens.attach(self.store)
         self.holder = f"web-{instance_id(self.data, self.settings.instance)}"
         # We are this instance: the leases its previous process held are ours to give back
         # (that process is gone), so its conversations' next turns need not wait out the TTL.
