@@ -29,6 +29,7 @@ from web_fixture import ServiceThread
 from helpers.errors import StoreDown
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore, Timeouts
+from helpers.store.schema import upgrade
 from helpers.web.db import AsyncSqliteStore
 from helpers.web.service import Settings
 
@@ -80,7 +81,7 @@ async def two_leases(store: SessionStore) -> tuple[str, str]:
 @pytest.fixture
 async def pg_store(postgres_url: str) -> AsyncIterator[PostgresStore]:
     store = await PostgresStore(postgres_url, f"t_{secrets.token_hex(4)}").connect()
-    await store.create_tables()
+    await upgrade(store)
     try:
         yield store
     finally:
@@ -146,7 +147,7 @@ async def test_a_sqlite_writer_frozen_holding_the_lock_stops_neither_reads_nor_t
     tmp_path: Path,
 ) -> None:
     store = await AsyncSqliteStore(tmp_path / "sessions.db").connect()
-    await store.create_tables()
+    await upgrade(store)
     try:
         stuck, other = await two_leases(store)
         gaps: list[float] = []

@@ -22,7 +22,7 @@ from support import free_port
 
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
-from helpers.store.schema import MIGRATIONS, version_of
+from helpers.store.schema import MIGRATIONS, upgrade, version_of
 from helpers.web.auth import KEY_ENV, TokenBook
 from helpers.web.db import AsyncSqliteStore
 
@@ -37,7 +37,7 @@ async def _open(engine: str, where: Path | str, schema: str = "") -> SessionStor
         store: SessionStore = await AsyncSqliteStore(Path(where) / "sessions.db").connect()
     else:
         store = await PostgresStore(str(where), schema).connect()
-    await store.create_tables()
+    await upgrade(store)
     return store
 
 
@@ -187,7 +187,7 @@ async def test_a_store_made_before_schema_versions_is_upgraded_in_place(place) -
         assert len(await store.rows()) == 2
         book = await TokenBook().attach(store)  # the new tables are there and work
         assert await book.user_of(await book.issue("A")) == "A"
-        assert await store.create_tables() == [], "opened again: nothing left to apply"
+        assert await upgrade(store) == [], "opened again: nothing left to apply"
     finally:
         await store.close()
 

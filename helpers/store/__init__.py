@@ -13,6 +13,7 @@ from pathlib import Path
 from helpers.errors import StoreError
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
+from helpers.store.schema import upgrade
 from helpers.store.sqlite import SqliteStore
 
 
@@ -41,7 +42,7 @@ async def open_store(
     else:
         store = SqliteStore(Path(run_folder) / "sessions.db")
     try:
-        await store.create_tables()
+        await upgrade(store)
     except BaseException:
         await store.close()
         raise

@@ -6,8 +6,9 @@ A file's content is kept as the parts it was written and appended in (``session_
 bytes, not the whole history. (A store made before this layout, with a ``content`` column in
 ``session_files``, is not migrated: start a new one.)
 
-The tables are made by an ordered list of migrations (``helpers.store.schema``); the
-``schema_version`` table records which have run, so a store upgrades in place when it is opened.
+The tables are made by an ordered list of migrations (``helpers.store.schema``, run by
+``open_store``); the ``schema_version`` table records which have run, so a store upgrades in place
+when it is opened.
 """
 
 from __future__ import annotations
@@ -154,18 +155,14 @@ class SessionStore(abc.ABC):
     def describe(self) -> str:
         """Where the rows live, without any password."""
 
-    async def create_tables(self) -> list[int]:
-        """Bring the tables up to the newest schema version (safe to call again).
+    async def create_tables(self) -> None:
+        """Create the session tables if they are missing (safe to call again).
 
-        Returns:
-            The versions applied now (none when the store was up to date).
+        ``helpers.store.schema.upgrade`` runs this after the versioned migrations, so a table
+        dropped by hand is made again.
         """
-        from helpers.store.schema import upgrade
-
-        applied = await upgrade(self)
-        for sql in TABLES:  # a session table dropped by hand is made again (all IF NOT EXISTS)
+        for sql in TABLES:
             await self.execute(sql)
-        return applied
 
     # The first statement of an upgrade's transaction: PostgreSQL takes a lock there so that two
     # instances starting at once upgrade one after the other (SQLite's BEGIN IMMEDIATE does it).

@@ -2,8 +2,8 @@
 
 Each migration is a version number, a name and SQL statements that work on SQLite and PostgreSQL
 and are safe to run again (``CREATE TABLE IF NOT EXISTS``, ``CREATE INDEX IF NOT EXISTS``). Any
-module may add its own with ``register_migration`` at import; ``upgrade`` (run by
-``SessionStore.create_tables`` whenever a store is opened) applies those above the version the
+module may add its own with ``register_migration`` at import; ``upgrade`` (run by ``open_store``
+and ``open_web_store`` whenever a store is opened) applies those above the version the
 ``schema_version`` table records, in order, in one transaction, and records them.
 """
 
@@ -62,6 +62,7 @@ async def upgrade(store: SessionStore) -> list[int]:
     current = await version_of(store)
     pending = [MIGRATIONS[v] for v in sorted(MIGRATIONS) if v > current]
     if not pending:
+        await store.create_tables()  # a session table dropped by hand is made again
         return []
     statements = [
         *([store.MIGRATION_LOCK] if store.MIGRATION_LOCK else []),

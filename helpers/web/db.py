@@ -26,7 +26,7 @@ from helpers.errors import StoreDown, StoreError
 from helpers.run import relative
 from helpers.store import open_store
 from helpers.store.base import SessionStore, Statement, finish, refused
-from helpers.store.schema import register_migration
+from helpers.store.schema import register_migration, upgrade
 
 T = TypeVar("T")
 
@@ -160,7 +160,7 @@ async def open_web_store(data: Path, schema: str = "") -> SessionStore:
         return await open_store(data, schema=schema)
     store = await AsyncSqliteStore(Path(data) / "sessions.db").connect()
     try:
-        await store.create_tables()
+        await upgrade(store)
     except BaseException:
         await store.close()
         raise
