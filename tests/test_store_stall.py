@@ -240,6 +240,7 @@ def test_a_frozen_postgresql_is_503_on_every_route_and_the_service_recovers_alon
                 for thread in threads:
                     thread.join(30)
             for route, (took, status, body) in answers.items():
+                print(f"{route}: {status} in {took:.2f} s")  # noqa: T201 (shown with -s)
                 assert status == 503 and took < 6.0, (route, took, status, body)
                 assert "store_down" in body or "not_ready" in body, (route, body)
                 assert server.url.split("@")[1].split("/")[0] not in body, "no host or port shown"
@@ -248,6 +249,7 @@ def test_a_frozen_postgresql_is_503_on_every_route_and_the_service_recovers_alon
             while http.get("/ready").status_code != 200:
                 assert time.monotonic() - started < 15, "no recovery within 15 s"
                 time.sleep(0.2)
+            print(f"ready again {time.monotonic() - started:.2f} s after SIGCONT")  # noqa: T201
             assert _say(http, cid, "What is the codename?")[-1][0] == "message"
             history = http.get(f"/conversations/{cid}/messages").json()["messages"]
             texts = [m["text"] for m in history]

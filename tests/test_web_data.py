@@ -20,11 +20,12 @@ import pg_fixture
 import pytest
 from support import free_port
 
+from helpers.errors import StoreError
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
 from helpers.store.schema import MIGRATIONS, upgrade, version_of
 from helpers.web.auth import KEY_ENV, TokenBook
-from helpers.web.db import AsyncSqliteStore
+from helpers.web.db import AsyncSqliteStore, instance_id
 
 postgres_url = pg_fixture.postgres_url
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,21 @@ def test_the_command_line_issues_lists_and_revokes(tmp_path: Path) -> None:
     listed = cli("list")
     assert listed.count("carol") == 2 and token not in listed and out.read_text() not in listed
     assert "Revoked 2 tokens of carol" in cli("revoke", "carol")
+
+
+def test_an_instance_name_is_kept_and_runs_in_one_process_at_a_time(tmp_path: Path) -> None:
+    name, fd = instance_id(tmp_path)
+    with pytest.raises(StoreError, match="running already"):
+        instance_id(tmp_path)  # a second process of this name would free the first's leases
+    other, other_fd = instance_id(tmp_path, "other")
+    os.close(other_fd)
+    assert other == "other", "another name may run beside it"
+    os.close(fd)
+    again, fd = instance_id(tmp_path)
+    assert again == name, "the same name after a restart"
+    os.close(fd)
+    with pytest.raises(StoreError, match="letters"):
+        instance_id(tmp_path, "a#b")
 
 
 # The tables as the code before schema versions (commit 7c26534) made them, with rows in them.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -167,21 +168,32 @@ async def open_web_store(data: Path, schema: str = "") -> SessionStore:
     return store
 
 
-def instance_id(data: Path, given: str = "") -> str:
-    """This instance's stable name: ``given``, else the one kept in ``data/instance`` (made once).
+def instance_id(data: Path, given: str = "") -> tuple[str, int]:
+    """This instance's stable name (``given``, else the one kept in ``data/instance``, made once),
+    and an open file that locks the name for this process (close it at stop).
 
     Raises:
-        StoreError: ``given`` is not letters, digits, ``-`` and ``_`` (1-40 of them).
+        StoreError: a bad name, or a process of this data folder runs under that name already
+            (it would give back the other's leases at start: each instance needs its own name).
     """
     path = Path(data) / "instance"
+    path.parent.mkdir(parents=True, exist_ok=True)
     name = given or (path.read_text().strip() if path.exists() else "")
     if not name:
         name = secrets.token_hex(4)
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(name + "\n")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
         raise StoreError(f"instance name {name!r}: use 1-40 letters, digits, '-' or '_'")
-    return name
+    fd = os.open(Path(data) / f"instance-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"instance {name!r} is running already on this data folder: give this one its own "
+            "name (--instance)"
+        ) from None
+    return name, fd
 
 
 async def free_leases_of(store: SessionStore, label: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class Service:
         self.data = Path(self.settings.data) if self.settings.data else self.folder
         self.holder = f"web-{self.settings.instance}"  # made stable in ``start`` when unset
         self.freed = 0  # leases of this instance's previous process given back at start
+        self._instance_lock = -1  # a file locked while this instance runs (one process per name)
         self.restarts = 0
         self._running: dict[str, int] = {}
         self._turns: set[Turn] = set()
@@ -131,7 +133,8 @@ class Service:
             )
         self.store = await open_web_store(self.data, schema=self.settings.schema)
         await self.tokens.attach(self.store)
-        self.holder = f"web-{instance_id(self.data, self.settings.instance)}"
+        name, self._instance_lock = instance_id(self.data, self.settings.instance)
+        self.holder = f"web-{name}"
         # We are this instance: the leases its previous process held are ours to give back
         # (that process is gone), so its conversations' next turns need not wait out the TTL.
         self.freed = await free_leases_of(self.store, self.holder)
@@ -247,7 +250,13 @@ class Service:
         self.server.stop()
         with contextlib.suppress(Exception):
             await self.store.close()
+        self._unlock()
         self.backend.close()
+
+    def _unlock(self) -> None:
+        fd, self._instance_lock = self._instance_lock, -1
+        if fd >= 0:
+            os.close(fd)
 
     def stop_now(self) -> None:
         """Stop the runtime and the model, close the files, without awaiting (for exit hooks)."""
@@ -263,6 +272,7 @@ class Service:
         close_now = getattr(getattr(self, "store", None), "close_now", None)
         if close_now is not None:
             close_now()
+        self._unlock()
         with contextlib.suppress(AttributeError):
             self.backend.close()
 
