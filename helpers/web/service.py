@@ -135,10 +135,14 @@ class Service:
         await self.tokens.attach(self.store)
         name, self._instance_lock = instance_id(self.data, self.settings.instance)
         self.holder = f"web-{name}"
-        # We are this instance: the leases its previous process held are ours to give back
-        # (that process is gone), so its conversations' next turns need not wait out the TTL.
-        self.freed = await free_leases_of(self.store, self.holder)
-        await self._connect()
+        try:
+            # We are this instance: the leases its previous process held are ours to give back
+            # (that process is gone), so its conversations' next turns need not wait the TTL.
+            self.freed = await free_leases_of(self.store, self.holder)
+            await self._connect()
+        except BaseException:
+            self._unlock()
+            raise
         self._supervisor = asyncio.ensure_future(self._supervise())
         return self
 
