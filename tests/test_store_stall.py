@@ -177,32 +177,6 @@ async def _tick(gaps: list[float]) -> None:
         last = now
 
 
-def postgres_pids(root: Path) -> list[int]:
-    """The postmaster and every process it started (its backends and workers)."""
-    main = int((root / "data" / "postmaster.pid").read_text().split()[0])
-    pids = [main]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == main:
-                    pids.append(int(entry.name))
-    return pids
-
-
-@contextlib.contextmanager
-def frozen(pids: list[int]) -> Iterator[None]:
-    """SIGSTOP every pid for the block, SIGCONT after (also when the block fails)."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-
 ROUTES = (
     ("GET", "/ready", None),
     ("POST", "/conversations", None),
@@ -230,7 +204,7 @@ def test_a_frozen_postgresql_is_503_on_every_route_and_the_service_recovers_alon
             assert _say(http, cid, "Remember: the codename is HERON.")[-1][0] == "message"
             assert http.put("/files/plan.md", json={"content": "keep"}).status_code == 200
             answers: dict[str, tuple[float, int, str]] = {}
-            with frozen(postgres_pids(server.root)):
+            with server.frozen():
                 threads = [
                     threading.Thread(target=_call, args=(web.url, headers, route, cid, answers))
                     for route in ROUTES
