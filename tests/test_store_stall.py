@@ -30,7 +30,7 @@ from helpers.errors import StoreDown
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore, Timeouts
 from helpers.store.schema import upgrade
-from helpers.web.db import AsyncSqliteStore
+from helpers.store.sqlite import SqliteStore
 from helpers.web.service import Settings
 
 postgres_url = pg_fixture.postgres_url
@@ -146,7 +146,7 @@ SQLITE_HOLDER = """
 async def test_a_sqlite_writer_frozen_holding_the_lock_stops_neither_reads_nor_the_loop(
     tmp_path: Path,
 ) -> None:
-    store = await AsyncSqliteStore(tmp_path / "sessions.db").connect()
+    store = await SqliteStore(tmp_path / "sessions.db").connect()
     await upgrade(store)
     try:
         stuck, other = await two_leases(store)

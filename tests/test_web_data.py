@@ -24,8 +24,9 @@ from helpers.errors import StoreError
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
 from helpers.store.schema import MIGRATIONS, upgrade, version_of
+from helpers.store.sqlite import SqliteStore
 from helpers.web.auth import KEY_ENV, TokenBook
-from helpers.web.db import AsyncSqliteStore, instance_id
+from helpers.web.db import instance_id
 
 postgres_url = pg_fixture.postgres_url
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ PG = pytest.mark.postgres
 async def _open(engine: str, where: Path | str, schema: str = "") -> SessionStore:
     """A web store on ``engine``: a SQLite file in the folder ``where``, or a PostgreSQL schema."""
     if engine == "sqlite":
-        store: SessionStore = await AsyncSqliteStore(Path(where) / "sessions.db").connect()
+        store: SessionStore = await SqliteStore(Path(where) / "sessions.db").connect()
     else:
         store = await PostgresStore(str(where), schema).connect()
     await upgrade(store)

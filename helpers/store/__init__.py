@@ -40,7 +40,7 @@ async def open_store(
             raise StoreError(f"schema {schema!r}: use lowercase letters, digits and '_'")
         store = await PostgresStore(url, schema).connect()
     else:
-        store = SqliteStore(Path(run_folder) / "sessions.db")
+        store = await SqliteStore(Path(run_folder) / "sessions.db").connect()
     try:
         await upgrade(store)
     except BaseException:
