@@ -18,15 +18,17 @@ from pathlib import Path
 import httpx
 import pg_fixture
 import pytest
+from copilot.tools import ToolInvocation
 from support import free_port
 
-from helpers.errors import StoreError
+from helpers.errors import StoreError, VfsError
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
 from helpers.store.schema import MIGRATIONS, upgrade, version_of
 from helpers.store.sqlite import SqliteStore
 from helpers.web.auth import KEY_ENV, TokenBook
 from helpers.web.db import instance_id
+from helpers.web.files import UserFiles, stored_file_tools
 
 postgres_url = pg_fixture.postgres_url
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +151,32 @@ def test_an_instance_name_is_kept_and_runs_in_one_process_at_a_time(tmp_path: Pa
     os.close(fd)
     with pytest.raises(StoreError, match="letters"):
         instance_id(tmp_path, "a#b")
+
+
+async def test_users_files_keep_the_rules_and_a_tool_never_claims_a_write_not_stored(
+    place,  # type: ignore[no-untyped-def]
+) -> None:
+    store = await _open(*place)
+    try:
+        files = UserFiles(store, "A", max_file_bytes=10, max_files=2)
+        assert "notes.md" in await files.write("./notes.md", "milk\x00")  # NUL kept (PostgreSQL)
+        for path, text in (("../x", "x"), ("big.md", "x" * 11), ("a\u202eb", "x")):
+            with pytest.raises(VfsError):
+                await files.write(path, text)
+        await files.write("b.md", "b")
+        with pytest.raises(VfsError, match="2 files"):
+            await files.write("c.md", "c")
+        await files.write("b.md", "bb")  # replacing one of the two is allowed
+        assert await files.snapshot() == {"notes.md": "milk\x00", "b.md": "bb"}
+        assert await UserFiles(store, "B").list() == [], "another user's files are not B's"
+        tools = {t.name: t for t in stored_file_tools(lambda _: files)}
+        call = ToolInvocation(session_id="s", arguments={"path": "d.md", "content": "d"})
+        await store.close()  # the database goes away
+        result = await tools["write_file"].handler(call)
+        assert result.result_type == "failure" and "not done" in result.text_result_for_llm
+        assert "Stored" not in result.text_result_for_llm
+    finally:
+        await store.close()
 
 
 # The tables as the code before schema versions (commit 7c26534) made them, with rows in them.
