@@ -118,9 +118,19 @@ async def test_tokens_expire_and_are_revoked_by_user_or_by_id(place) -> None:  #
 
 
 def test_the_command_line_issues_lists_and_revokes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "helpers.web", "tokens", *args, "--data", str(tmp_path)],
+            [
+                sys.executable,
+                "-m",
+                "helpers.web",
+                "tokens",
+                *args,
+                "--data",
+                str(tmp_path / "data"),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -134,6 +144,7 @@ def test_the_command_line_issues_lists_and_revokes(tmp_path: Path) -> None:
     cli("issue", "carol", "--days", "2", "--out", str(out))
     assert out.stat().st_mode & 0o777 == 0o600 and out.read_text().strip() != token
     listed = cli("list")
+    assert data.stat().st_mode & 0o777 == 0o700, "the data folder is private"
     assert listed.count("carol") == 2 and token not in listed and out.read_text() not in listed
     assert "Revoked 2 tokens of carol" in cli("revoke", "carol")
 

@@ -49,6 +49,8 @@ async def open_web_store(data: Path, schema: str = "") -> SessionStore:
     Either way the tables are brought up to the newest schema (``helpers.store.schema``), the
     web service's own (users' files, tokens) included.
     """
+    if not Path(data).exists():  # users' files and conversations: readable by the owner only
+        Path(data).mkdir(mode=0o700, parents=True)
     return await open_store(data, schema=schema)
 
 
