@@ -3,6 +3,7 @@ and conversations, files and tokens through a restart (Ctrl+C and ``kill -9``), 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -188,6 +189,22 @@ async def test_users_files_keep_the_rules_and_a_tool_never_claims_a_write_not_st
         assert "Stored" not in result.text_result_for_llm
     finally:
         await store.close()
+
+
+async def test_instances_that_start_at_once_upgrade_one_after_the_other(place) -> None:  # type: ignore[no-untyped-def]
+    engine, where, schema = place
+    if engine == "sqlite":
+        stores = [await SqliteStore(Path(where) / "sessions.db").connect() for _ in range(3)]
+    else:
+        stores = [await PostgresStore(str(where), schema).connect() for _ in range(3)]
+    try:
+        applied = await asyncio.gather(*(upgrade(s) for s in stores))
+        assert all(a in ([], sorted(MIGRATIONS)) for a in applied), applied
+        rows, _ = await stores[0].execute("SELECT version FROM schema_version ORDER BY version")
+        assert [r[0] for r in rows] == sorted(MIGRATIONS), "each version recorded once"
+    finally:
+        for store in stores:
+            await store.close()
 
 
 # The tables as the code before schema versions (commit 7c26534) made them, with rows in them.

@@ -52,7 +52,9 @@ register_migration(1, "session store: owners, files, leases", *TABLES)
 
 async def version_of(store: SessionStore) -> int:
     """The newest version applied to ``store`` (0: none recorded)."""
-    await store.execute(VERSION_TABLE)
+    # Under the migration lock: two PostgreSQL sessions creating the same table at once collide.
+    lock = [store.MIGRATION_LOCK] if store.MIGRATION_LOCK else []
+    await store.transaction([*lock, (VERSION_TABLE, ())])
     rows, _ = await store.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
     return int(rows[0][0])
 
