@@ -19,6 +19,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,31 @@ class PgServer:
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None
+
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (its backends and workers)."""
+        main = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        pids = [main]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[1]) == main:
+                        pids.append(int(entry.name))
+        return pids
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The whole server stopped (SIGSTOP) for the block, woken (SIGCONT) after, on error too."""
+        pids = self.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def __enter__(self) -> PgServer:
         return self

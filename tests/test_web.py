@@ -37,7 +37,7 @@ def web() -> Iterator[ServiceThread]:
 
 @pytest.fixture(scope="module")
 def tokens(web: ServiceThread) -> dict[str, str]:
-    return {user: web.service.tokens.issue(user) for user in ("A", "B", "C")}
+    return {user: web.call(web.service.tokens.issue(user)) for user in ("A", "B", "C")}
 
 
 @pytest.fixture
@@ -288,7 +288,7 @@ def test_ask_with_my_files_leaves_no_session(web, tokens, http) -> None:
     theirs = stream(http, tokens["B"], "/ask", "List my files.")
     assert "notes.md" not in final(theirs)[1]["text"], "B's ask sees none of A's files"
     listed = http.get("/files", headers=auth(tokens["B"])).json()["files"]
-    assert listed == [] and web.service.files_of("B").snapshot() == {}
+    assert listed == [] and web.call(web.service.files_of("B").snapshot()) == {}
     used = set(pool.served[served:])
     web.call(pool.deleted_all(30))
     assert len(used) == 2 and used <= pool.deleted, "each ask's session is deleted after"
@@ -339,7 +339,7 @@ def test_with_per_user_credentials_an_ask_runs_on_its_users_own_token(web, token
 
 
 def test_no_token_is_kept_or_written_in_the_clear(web, tokens) -> None:
-    assert all(token not in web.service.tokens.digests() for token in tokens.values())
+    assert all(token not in web.call(web.service.tokens.digests()) for token in tokens.values())
     assert repr(web.service.tokens) == "TokenBook(tokens=3)"
     for path in [*web.folder.rglob("*"), web.service.server.log_path]:
         if path.is_file():
@@ -411,7 +411,7 @@ def test_the_sweep_forgets_orphans_and_keeps_conversations_and_the_pool() -> Non
     older than ``orphan_age_s``; the users' conversations and the pool's ready sessions stay."""
     web = ServiceThread(Settings(turn_timeout_s=30, orphan_age_s=1.0, supervise_every_s=0.2))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         with httpx.Client(base_url=web.url, timeout=60) as http:
             cid = new_conversation(http, token)
             assert final(say(http, token, cid, f"Remember: the codename is {CODENAME}."))[0] == (
@@ -447,7 +447,7 @@ def test_the_sweep_forgets_orphans_and_keeps_conversations_and_the_pool() -> Non
 def test_drain_lets_the_running_turn_finish_and_refuses_new_ones() -> None:
     web = ServiceThread(Settings(turn_timeout_s=30))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         with httpx.Client(base_url=web.url, timeout=60) as http:
             cid = new_conversation(http, token)
             seen: list = []
@@ -493,7 +493,7 @@ def test_a_stop_without_drain_cuts_the_turn_but_leaves_no_lease_behind() -> None
 
     web = ServiceThread(Settings(turn_timeout_s=30))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         with httpx.Client(base_url=web.url, timeout=60) as http:
             cid = new_conversation(http, token)
             seen: list = []
@@ -531,9 +531,11 @@ def test_a_deleted_conversation_is_gone_for_good_and_bad_file_paths_are_refused(
     assert web.call(web.service.store.rows(session_id=cid)) == [], "no stored row is left"
     assert cid not in web.call(web.service.store.sessions_of("A"))
     assert cid not in web.stored_sessions() and web.call(web.service.store.owner(cid)) is None
-    before = web.service.files_of("A").snapshot()
+    before = web.call(web.service.files_of("A").snapshot())
     bad = ("%2E%2E/escape.md", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "bad%E2%80%AEname")
     for path in (*bad, "%0A_%03", "notes%0A.md", "a%0D%0Ab"):  # controls, newlines among them
         refused = http.put(f"/files/{path}", json={"content": "x"}, headers=auth(tokens["A"]))
         assert refused.status_code == 422 and refused.json()["error"] == "bad_file", refused.text
-    assert web.service.files_of("A").snapshot() == before, "a refused write changes nothing"
+    assert web.call(web.service.files_of("A").snapshot()) == before, (
+        "a refused write changes nothing"
+    )

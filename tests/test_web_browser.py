@@ -50,7 +50,7 @@ def test_two_users_at_once_each_see_only_their_own(web: ServiceThread) -> None:
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
-    tokens = {user: web.service.tokens.issue(user) for user in CODENAMES}
+    tokens = {user: web.call(web.service.tokens.issue(user)) for user in CODENAMES}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS

@@ -51,7 +51,7 @@ def test_no_500s_and_every_response_as_declared(web: ServiceThread) -> None:
     (schemathesis's own pytest plugin does not run on this pytest, so each operation's
     strategy is driven through hypothesis directly.)
     """
-    token = web.service.tokens.issue("fuzz")
+    token = web.call(web.service.tokens.issue("fuzz"))
     tried: list[str] = []
     for operation in operations(web):
 

@@ -84,7 +84,7 @@ async def _hang_up(web: ServiceThread, caller: Caller, after: float) -> None:
 
 def test_two_tabs_with_offsets_and_hang_ups_at_every_point(web: ServiceThread) -> None:
     async def trials() -> None:
-        async with Caller(web.url, web.service.tokens.issue("A")) as caller:
+        async with Caller(web.url, await web.service.tokens.issue("A")) as caller:
             for trial, offset in enumerate(OFFSETS_S):
                 await _two_tabs(web, caller, offset, trial)
             for after in HANG_UPS_S:

@@ -1,4 +1,5 @@
-"""The web backend's pieces that need no runtime: tokens, per-user GitHub tokens, error codes."""
+"""The web backend's pieces that need no runtime: per-user GitHub tokens, error codes (sign-in
+tokens: tests/test_web_data.py)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,8 @@ from helpers.errors import (
 )
 from helpers.model.backends import Backend
 from helpers.serving.credentials import UserTokens
-from helpers.web.auth import TokenBook
 from helpers.web.service import Service
 from helpers.web.turns import error_code
-
-
-def test_tokens_are_kept_only_as_keyed_digests() -> None:
-    book = TokenBook()
-    a, b = book.issue("A"), book.issue("B")
-    assert a != b and len(a) >= 40
-    assert book.user_of(a) == "A" and book.user_of(b) == "B"
-    assert book.user_of(None) is None and book.user_of("") is None
-    assert book.user_of(a[:-1] + ("x" if a[-1] != "x" else "y")) is None
-    assert a not in repr(book) and all(a not in d and b not in d for d in book.digests())
-    assert TokenBook().user_of(a) is None, "another process's key makes other digests"
-    assert book.revoke("A") == 1 and book.user_of(a) is None and book.user_of(b) == "B"
 
 
 def test_the_github_backend_runs_each_conversation_on_its_users_own_token(tmp_path) -> None:

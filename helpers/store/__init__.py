@@ -13,6 +13,7 @@ from pathlib import Path
 from helpers.errors import StoreError
 from helpers.store.base import SessionStore
 from helpers.store.postgres import PostgresStore
+from helpers.store.schema import upgrade
 from helpers.store.sqlite import SqliteStore
 
 
@@ -39,6 +40,10 @@ async def open_store(
             raise StoreError(f"schema {schema!r}: use lowercase letters, digits and '_'")
         store = await PostgresStore(url, schema).connect()
     else:
-        store = SqliteStore(Path(run_folder) / "sessions.db")
-    await store.create_tables()
+        store = await SqliteStore(Path(run_folder) / "sessions.db").connect()
+    try:
+        await upgrade(store)
+    except BaseException:
+        await store.close()
+        raise
     return store

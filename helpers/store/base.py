@@ -5,6 +5,10 @@ A file's content is kept as the parts it was written and appended in (``session_
 ``seq`` order, read back concatenated), so an append to ``events.jsonl`` costs the appended
 bytes, not the whole history. (A store made before this layout, with a ``content`` column in
 ``session_files``, is not migrated: start a new one.)
+
+The tables are made by an ordered list of migrations (``helpers.store.schema``, run by
+``open_store``); the ``schema_version`` table records which have run, so a store upgrades in place
+when it is opened.
 """
 
 from __future__ import annotations
@@ -152,9 +156,17 @@ class SessionStore(abc.ABC):
         """Where the rows live, without any password."""
 
     async def create_tables(self) -> None:
-        """Create the tables if they are missing (safe to call again)."""
+        """Create the session tables if they are missing (safe to call again).
+
+        ``helpers.store.schema.upgrade`` runs this after the versioned migrations, so a table
+        dropped by hand is made again.
+        """
         for sql in TABLES:
             await self.execute(sql)
+
+    # The first statement of an upgrade's transaction: PostgreSQL takes a lock there so that two
+    # instances starting at once upgrade one after the other (SQLite's BEGIN IMMEDIATE does it).
+    MIGRATION_LOCK: Statement | None = None
 
     def encode(self, text: str) -> str:
         """Content as the engine stores it (PostgreSQL text cannot hold NUL: it escapes it)."""

@@ -1,6 +1,10 @@
-"""``python -m helpers.web``: the web backend on its own, with tokens for the users named.
+"""``python -m helpers.web``: the web backend on its own; ``... tokens``: its sign-in tokens.
 
-The tokens are written to a file readable by you alone (never printed); SIGINT or SIGTERM drains
+The service keeps conversations, owners, users' files and tokens in its database: the SQLite file
+``sessions.db`` in the data folder (``--data``, default ``tmp/web-data``), or PostgreSQL when
+``DATABASE_URL`` is set. A restart (Ctrl+C or ``kill -9``) finds them there; delete the folder
+(and, with PostgreSQL, the schema) to start afresh. The tokens of ``--users`` are written to a
+file readable by you alone (never printed), reused while they are valid; SIGINT or SIGTERM drains
 the running turns before the runtime stops.
 """
 
@@ -8,25 +12,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import time
+from pathlib import Path
 
 from helpers.run import TMP, relative, remove_dir, run_dir
-from helpers.web.serve import start_web
-from helpers.web.service import Settings
+from helpers.web.auth import DAYS, TokenBook
+from helpers.web.db import open_web_store
+
+DATA = TMP / "web-data"
+TOKENS = TMP / "web-tokens.json"
 
 
-async def main(args: argparse.Namespace) -> None:
-    folder = run_dir("web")
-    web = await start_web(folder, Settings(backend=args.backend), args.host, args.port)
-    tokens = {user: web.service.tokens.issue(user) for user in args.users.split(",") if user}
-    path = TMP / "web-tokens.json"
-    path.touch(mode=0o600)
-    os.chmod(path, 0o600)
-    path.write_text(json.dumps(tokens, indent=1) + "\n")
+async def serve(args: argparse.Namespace) -> None:
+    from helpers.web.serve import start_web  # here: ``tokens`` needs neither runtime nor HTTP
+    from helpers.web.service import Settings
+
+    folder = run_dir("web")  # the runtime's home only: the data is in the database
+    settings = Settings(
+        backend=args.backend, data=str(args.data), instance=args.instance, schema=args.schema
+    )
+    web = await start_web(folder, settings, args.host, args.port)
+    users = [user for user in args.users.split(",") if user]
+    tokens = await reuse_or_issue(web.service.tokens, users, args.tokens_file)
+    private_file(args.tokens_file, json.dumps(tokens, indent=1) + "\n")
     print(f"Serving {web.service.backend.describe()} at {web.url}/ (API docs: {web.url}/docs)")
-    print(f"Sign-in tokens for {', '.join(tokens)} are in {relative(path)} (yours only).")
+    print(f"Data in {web.service.store.describe()} (instance {web.service.holder}).")
+    where = relative(args.tokens_file)
+    print(f"Sign-in tokens for {', '.join(tokens)} are in {where} (yours only).")
     print("Ctrl+C drains the running turns, then stops.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -34,20 +50,100 @@ async def main(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     left = await web.stop(drain=True, timeout=args.drain_s)
-    path.unlink(missing_ok=True)
     remove_dir(folder)
     print(f"Stopped ({left} turns cut by the drain's timeout).")
 
 
-def parse() -> argparse.Namespace:
+async def reuse_or_issue(book: TokenBook, users: list[str], path: Path) -> dict[str, str]:
+    """The token of each user from the last start while still valid, else a new one."""
+    kept: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(path.read_text())
+    tokens = {}
+    for user in users:
+        token = kept.get(user) if isinstance(kept, dict) else None
+        valid = isinstance(token, str) and await book.user_of(token) == user
+        tokens[user] = token if valid else await book.issue(user)
+    return tokens
+
+
+def private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable and writable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(text)
+
+
+async def tokens(args: argparse.Namespace) -> int:
+    store = await open_web_store(Path(args.data), schema=args.schema)
+    try:
+        book = await TokenBook(DAYS).attach(store)
+        if args.action == "issue":
+            token = await book.issue(args.user, days=args.days)
+            if args.stdout:
+                print(token)
+            else:
+                out = Path(args.out or TMP / f"web-token-{args.user}.txt")
+                private_file(out, token + "\n")
+                print(f"Token for {args.user} written to {relative(out)} (yours only).")
+        elif args.action == "list":
+            print(f"{'user':<16} {'id':<12} {'created (UTC)':<17} {'expires (UTC)':<17} state")
+            for t in await book.list():
+                state = "revoked" if t.revoked else "expired" if t.expires_at < time.time() else ""
+                print(
+                    f"{t.user:<16} {t.id:<12} {_when(t.created_at)} {_when(t.expires_at)} {state}"
+                )
+        else:
+            count = await book.revoke(args.who)
+            print(f"Revoked {count} token{'s' * (count != 1)} of {args.who}.")
+            return 0 if count else 1
+        return 0
+    finally:
+        await store.close()
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)).ljust(17)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m helpers.web", description=__doc__)
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="folder of the SQLite file (tmp/web-data)"
+    )
+    parser.add_argument("--schema", default="web", help="PostgreSQL: the tables' schema")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--backend", default="", help="local, github or byok (default: local)")
     parser.add_argument("--users", default="alice,bob", help="comma-separated user names")
     parser.add_argument("--drain-s", type=float, default=60.0, help="longest wait for turns")
-    return parser.parse_args()
+    parser.add_argument("--instance", default="", help="this instance's stable name")
+    parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
+    sub = parser.add_subparsers(dest="command")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="as above")
+    common.add_argument("--schema", default=argparse.SUPPRESS, help="as above")
+    book = sub.add_parser("tokens", parents=[common], help="issue, list or revoke sign-in tokens")
+    actions = book.add_subparsers(dest="action", required=True)
+    issue = actions.add_parser("issue", parents=[common], help="a new token for USER")
+    issue.add_argument("user")
+    issue.add_argument("--days", type=float, default=None, help="valid this long (default 30)")
+    issue.add_argument("--out", default="", help="file to write it to (mode 0600)")
+    issue.add_argument("--stdout", action="store_true", help="print it instead")
+    actions.add_parser("list", parents=[common], help="every token: user, id, times (no token)")
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke a user's tokens or one")
+    revoke.add_argument("who", help="a user name, or a token id from 'tokens list'")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.command == "tokens":
+        return asyncio.run(tokens(args))
+    asyncio.run(serve(args))
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    raise SystemExit(main())

@@ -153,7 +153,7 @@ TURN_ERRORS = _errors(401, 404, 413, 422, 429, 503)
 bearer = HTTPBearer(auto_error=False, description="A token the application issued to you")
 
 
-def caller(
+async def caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
@@ -264,18 +264,20 @@ def create_app(service: Service) -> FastAPI:
         service.begin(user)
         return _stream(service.ask(user, body.text).events())
 
-    @app.get("/files", response_model=Files, responses=_errors(401))
+    @app.get("/files", response_model=Files, responses=_errors(401, 503))
     async def files(user: User) -> Files:
         """Your files, kept by the application."""
-        fs = service.files_of(user)
+        stored = await service.files_of(user).snapshot()
         return Files(
-            files=[FileInfo(path=p, bytes=len(t.encode())) for p, t in sorted(fs.files.items())]
+            files=[FileInfo(path=p, bytes=len(t.encode())) for p, t in sorted(stored.items())]
         )
 
-    @app.put("/files/{path:anypath}", response_model=FileInfo, responses=_errors(401, 413, 422))
+    @app.put(
+        "/files/{path:anypath}", response_model=FileInfo, responses=_errors(401, 413, 422, 503)
+    )
     async def put_file(path: str, body: FileIn, user: User) -> FileInfo:
         """Create or replace one of your files."""
-        service.files_of(user).write(path, body.content)
+        await service.files_of(user).write(path, body.content)
         return FileInfo(path=path, bytes=len(body.content.encode()))
 
     return app

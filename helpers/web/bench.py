@@ -170,7 +170,7 @@ async def measure(service: Service, url: str, mode: str, users: int, turns: int 
     tag = secrets.token_hex(2)
     names = [f"b{tag}{n}" for n in range(users)]
     codes = {name: f"CODE-{tag}-{n:03d}" for n, name in enumerate(names)}  # none a prefix
-    tokens = {name: service.tokens.issue(name) for name in names}
+    tokens = {name: await service.tokens.issue(name) for name in names}
     conversations = {name: await service.create_conversation(name) for name in names}
     point = Point(mode, users)
 
@@ -198,7 +198,7 @@ async def measure(service: Service, url: str, mode: str, users: int, turns: int 
         point.seconds = time.perf_counter() - started
     for name in names:
         await service.delete(name, conversations[name])
-        service.tokens.revoke(name)
+        await service.tokens.revoke(name)
     return point
 
 

@@ -1,103 +1,98 @@
-"""The session store for a server: SQLite through ``aiosqlite`` (off the event loop), or PostgreSQL.
-
-Notebook 04's ``SqliteStore`` runs each statement on the calling thread, which is fine in a
-notebook but would stall every other request of a server while SQLite waits for the disk. This
-engine keeps the same SQL and interface and runs the statements on aiosqlite's own thread.
-PostgreSQL already goes through psycopg's async API.
+"""The service's database: notebook 04's store (SQLite off the event loop, or a pool of
+PostgreSQL connections), plus what the web service must not lose on a restart (schema version 2,
+below), its instance's stable name, and the clean-up queries of the service.
 """
 
 from __future__ import annotations
 
-import asyncio
+import fcntl
 import os
+import re
+import secrets
 import time
 from pathlib import Path
-from typing import Any
 
-import aiosqlite
-
-from helpers.errors import StoreDown
-from helpers.run import relative
+from helpers.errors import StoreError
 from helpers.store import open_store
-from helpers.store.base import SessionStore, Statement, refused
+from helpers.store.base import SessionStore
+from helpers.store.schema import register_migration
+
+# Version 2: what the web service keeps besides sessions. Users' files (the file tools' and the
+# /files routes'), sign-in tokens as keyed digests, and settings such as the digests' key.
+register_migration(
+    2,
+    "web service: users' files, sign-in tokens, settings",
+    """CREATE TABLE IF NOT EXISTS user_files (
+        owner TEXT NOT NULL,
+        path TEXT NOT NULL,
+        content TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        modified_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (owner, path))""",
+    """CREATE TABLE IF NOT EXISTS web_tokens (
+        id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS web_tokens_owner ON web_tokens (owner)",
+    """CREATE TABLE IF NOT EXISTS web_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+)
 
 
-class AsyncSqliteStore(SessionStore):
-    """The store in one SQLite file, each statement run on aiosqlite's worker thread."""
+async def open_web_store(data: Path, schema: str = "") -> SessionStore:
+    """PostgreSQL when ``DATABASE_URL`` is set (in ``schema``), else ``data/sessions.db``.
 
-    engine = "sqlite"
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # one connection: a transaction's statements stay together
-
-    async def connect(self) -> AsyncSqliteStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = aiosqlite.connect(self.path, isolation_level=None)
-        # aiosqlite's worker thread is not a daemon, and Python waits for such threads *before*
-        # it runs the exit hooks that would close the store: a kernel that ends without closing
-        # it would hang. As a daemon it ends with the process; ``close_now`` stops it sooner.
-        db._thread.daemon = True
-        self._db = await db
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
-            await self._db.execute(f"PRAGMA {pragma}")
-        return self
-
-    async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
-        async with self._lock:
-            async with self._open().execute(sql, args) as cursor:
-                rows = await cursor.fetchall()
-                return [tuple(r) for r in rows], cursor.rowcount
-
-    async def transaction(
-        self, statements: list[Statement], guard: Statement | None = None
-    ) -> list[int]:
-        async with self._lock:
-            db = self._open()
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if guard is not None:  # a fenced write (see SessionStore.transaction)
-                    async with db.execute(*guard) as cursor:
-                        if cursor.rowcount != 1:
-                            raise refused(guard[1][0], guard[1][1])
-                counts = []
-                for sql, args in statements:
-                    async with db.execute(sql, args) as cursor:
-                        counts.append(cursor.rowcount)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-            return counts
-
-    def _open(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise StoreDown(f"the session store ({self.describe()}) is closed")
-        return self._db
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    def close_now(self) -> None:
-        """Stop the worker thread without awaiting (for clean-up hooks at exit)."""
-        db, self._db = self._db, None
-        if db is not None:
-            db.stop()
-
-    def describe(self) -> str:
-        return f"SQLite file {relative(self.path)}"
+    Either way the tables are brought up to the newest schema (``helpers.store.schema``), the
+    web service's own (users' files, tokens) included.
+    """
+    if not Path(data).exists():  # users' files and conversations: readable by the owner only
+        Path(data).mkdir(mode=0o700, parents=True)
+    return await open_store(data, schema=schema)
 
 
-async def open_web_store(folder: Path, schema: str = "") -> SessionStore:
-    """PostgreSQL when ``DATABASE_URL`` is set (notebook 04's engine), else SQLite via aiosqlite."""
-    if os.environ.get("DATABASE_URL"):
-        return await open_store(folder, schema=schema)
-    store = await AsyncSqliteStore(Path(folder) / "sessions.db").connect()
-    await store.create_tables()
-    return store
+def instance_id(data: Path, given: str = "") -> tuple[str, int]:
+    """This instance's stable name (``given``, else the one kept in ``data/instance``, made once),
+    and an open file that locks the name for this process (close it at stop).
+
+    Raises:
+        StoreError: a bad name, or a process of this data folder runs under that name already
+            (it would give back the other's leases at start: each instance needs its own name).
+    """
+    path = Path(data) / "instance"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = given or (path.read_text().strip() if path.exists() else "")
+    if not name:
+        name = secrets.token_hex(4)
+        path.write_text(name + "\n")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+        raise StoreError(f"instance name {name!r}: use 1-40 letters, digits, '-' or '_'")
+    fd = os.open(Path(data) / f"instance-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(
+            f"instance {name!r} is running already on this data folder: give this one its own "
+            "name (--instance)"
+        ) from None
+    return name, fd
+
+
+async def free_leases_of(store: SessionStore, label: str) -> int:
+    """Delete every lease held by a request of ``label`` (holders ``label#...``); return them.
+
+    Only for this instance's own label at start: its previous process is gone. Leases of other
+    holders are left to run out (their holder may be a stalled machine that wakes up).
+    """
+    prefix = label + "#"
+    _, changed = await store.execute(
+        "DELETE FROM session_leases WHERE substr(holder, 1, ?) = ?", (len(prefix), prefix)
+    )
+    return changed
 
 
 async def forget_session_rows(store: SessionStore, session_id: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ import h11
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("helpers.web")
 
 PUBLIC = frozenset(
     {"/", "/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -38,9 +41,15 @@ class RequireToken:
         )
         user = None
         if scheme.lower() == b"bearer" and token.strip():
-            user = self.user_of(token.strip().decode("latin-1"))
-            if inspect.isawaitable(user):  # a book kept in the database answers asynchronously
-                user = await user
+            try:
+                user = self.user_of(token.strip().decode("latin-1"))
+                if inspect.isawaitable(user):  # a book kept in the database answers asynchronously
+                    user = await user
+            except Exception as exc:  # the database behind the book did not answer
+                log.warning("token check failed: %s: %s", type(exc).__name__, exc)
+                message = "the service's database did not answer: try again in a moment"
+                await _reply(send, 503, "store_down", message, (b"retry-after", b"2"))
+                return
         if user is None:
             message = "a valid bearer token is required (Authorization: Bearer …)"
             await _reply(send, 401, "unauthorized", message, (b"www-authenticate", b"Bearer"))

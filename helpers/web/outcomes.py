@@ -14,25 +14,25 @@ import hashlib
 import json
 import secrets
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from helpers.store.base import SessionStore
+from helpers.store.schema import register_migration
 from helpers.store.session_fs import stored_events
 
 MAX_KEY_CHARS = 255
 POLL_S = 0.1
-# The one statement that makes the table; the lead folds it into the schema's migrations.
+# Version 3 of the schema: the outcome of each send that carried an Idempotency-Key.
 IDEMPOTENCY_DDL = (
     "CREATE TABLE IF NOT EXISTS web_idempotency ("
     "user_id TEXT NOT NULL, conversation TEXT NOT NULL, idem_key TEXT NOT NULL, "
     "digest TEXT NOT NULL, state TEXT NOT NULL, holder TEXT NOT NULL, result TEXT, "
     "created DOUBLE PRECISION NOT NULL, PRIMARY KEY (user_id, conversation, idem_key))"
 )
+register_migration(3, "web service: idempotency keys", IDEMPOTENCY_DDL)
 _KEYED = "WHERE user_id = ? AND conversation = ? AND idem_key = ?"
-_ready: weakref.WeakSet[SessionStore] = weakref.WeakSet()  # the stores whose table exists
 
 
 class KeyReused(ValueError):
@@ -96,13 +96,6 @@ class Claim:
     taken_over: bool = False  # a run of an earlier process that never finished: read back first
 
 
-async def ensure_table(store: SessionStore) -> None:
-    """Create ``web_idempotency`` if it is missing (once per store)."""
-    if store not in _ready:
-        await store.execute(IDEMPOTENCY_DDL)
-        _ready.add(store)
-
-
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -115,7 +108,6 @@ async def claim(
     A run that ended failed, or that has run longer than ``stale_s`` (its process is gone), is
     taken over by this send.
     """
-    await ensure_table(store)
     ident = (user, conversation, key)
     holder, now = secrets.token_hex(8), time.time()
     _, added = await store.execute(
@@ -191,5 +183,4 @@ async def outcome(
 
 async def forget(store: SessionStore, conversation: str) -> None:
     """Forget the keys of a deleted conversation."""
-    await ensure_table(store)
     await store.execute("DELETE FROM web_idempotency WHERE conversation = ?", (conversation,))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -43,10 +43,15 @@ from helpers.store.lease import Lease, held
 from helpers.store.router import resume_or_create
 from helpers.store.session_fs import SESSION_FS, store_fs, stored_events
 from helpers.tools.file_tools import ALLOWLIST
-from helpers.tools.routed_tools import routed_file_tools
-from helpers.tools.vfs import VirtualFS
 from helpers.web.auth import TokenBook
-from helpers.web.db import forget_session_rows, open_web_store, stored_orphans
+from helpers.web.db import (
+    forget_session_rows,
+    free_leases_of,
+    instance_id,
+    open_web_store,
+    stored_orphans,
+)
+from helpers.web.files import UserFiles, stored_file_tools
 from helpers.web.outcomes import Claim, KeyReused, claim, outcome, record, release, stored_reply
 from helpers.web.outcomes import forget as forget_keys
 from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn
@@ -58,6 +63,8 @@ _letting_go: set[asyncio.Task[None]] = set()
 DISCONNECT_S = 10.0  # how long closing a conversation's session may take
 
 STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
+STORE_CHECK_S = 5.0  # a backstop: the store's own timeouts answer within about 3 s
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +88,9 @@ class Settings:
     lease_turns: bool = True
     restart_runtime: bool = True
     schema: str = "web"  # PostgreSQL only: the schema of this service's tables
+    data: str = ""  # the folder of the SQLite file and the instance id ("": the service's folder)
+    instance: str = ""  # this instance's stable name ("": made once, kept in the data folder)
+    token_days: float = 30.0  # how long a sign-in token is valid
 
 
 class Service:
@@ -96,17 +106,19 @@ class Service:
         self.folder = Path(folder)
         self.conversation_tools = list(tools or [])  # the tools a conversation's model may call
         self.settings = settings or Settings()
-        self.tokens = tokens or TokenBook()
+        self.tokens = tokens or TokenBook(self.settings.token_days)
         self.locks = SessionLocks()
         self.gate = Drain()
-        self.files: dict[str, VirtualFS] = {}
         self.github_tokens: UserTokens | None = None
-        self.holder = f"web-{os.getpid()}-{secrets.token_hex(3)}"
+        self.data = Path(self.settings.data) if self.settings.data else self.folder
+        self.holder = f"web-{self.settings.instance}"  # made stable in ``start`` when unset
+        self.freed = 0  # leases of this instance's previous process given back at start
+        self._instance_lock = -1  # a file locked while this instance runs (one process per name)
         self.restarts = 0
         self._running: dict[str, int] = {}
         self._turns: set[Turn] = set()
         self._asking: dict[str, str] = {}  # session id -> user, asks made outside the pool
-        self._tools = routed_file_tools(self._fs_of_session)
+        self._tools = stored_file_tools(self._fs_of_session)
         self.backend: Backend
         self.server: RuntimeServer
         self.store: SessionStore
@@ -127,8 +139,18 @@ class Service:
             self.server = await asyncio.to_thread(
                 start_server, self.backend, home=self.folder / "runtime"
             )
-        self.store = await open_web_store(self.folder, schema=self.settings.schema)
-        await self._connect()
+        self.store = await open_web_store(self.data, schema=self.settings.schema)
+        await self.tokens.attach(self.store)
+        name, self._instance_lock = instance_id(self.data, self.settings.instance)
+        self.holder = f"web-{name}"
+        try:
+            # We are this instance: the leases its previous process held are ours to give back
+            # (that process is gone), so its conversations' next turns need not wait the TTL.
+            self.freed = await free_leases_of(self.store, self.holder)
+            await self._connect()
+        except BaseException:
+            self._unlock()
+            raise
         self._supervisor = asyncio.ensure_future(self._supervise())
         return self
 
@@ -158,9 +180,9 @@ class Service:
         except Exception as exc:
             return f"the Copilot runtime did not answer a ping ({type(exc).__name__})"
         try:
-            await asyncio.wait_for(self.store.execute("SELECT 1"), 2.0)
-        except Exception as exc:
-            return f"the database ({self.store.describe()}) did not answer ({type(exc).__name__})"
+            await self.check_store()
+        except StoreDown as exc:
+            return str(exc)
         return None
 
     async def _supervise(self) -> None:
@@ -240,7 +262,13 @@ class Service:
         self.server.stop()
         with contextlib.suppress(Exception):
             await self.store.close()
+        self._unlock()
         self.backend.close()
+
+    def _unlock(self) -> None:
+        fd, self._instance_lock = self._instance_lock, -1
+        if fd >= 0:
+            os.close(fd)
 
     def stop_now(self) -> None:
         """Stop the runtime and the model, close the files, without awaiting (for exit hooks)."""
@@ -256,6 +284,7 @@ class Service:
         close_now = getattr(getattr(self, "store", None), "close_now", None)
         if close_now is not None:
             close_now()
+        self._unlock()
         with contextlib.suppress(AttributeError):
             self.backend.close()
 
@@ -285,12 +314,12 @@ class Service:
 
     async def check_store(self) -> None:
         """``StoreDown`` unless the database answers (a turn would not be stored)."""
-        try:
-            await asyncio.wait_for(self.store.execute("SELECT 1"), 2.0)
+        try:  # the store bounds its own calls (a few seconds); this is a backstop
+            await asyncio.wait_for(self.store.execute("SELECT 1"), STORE_CHECK_S)
         except Exception as exc:
+            log.warning("the database (%s) did not answer: %r", self.store.describe(), exc)
             raise StoreDown(
-                f"the database ({self.store.describe()}) did not answer ({type(exc).__name__}): "
-                "try again in a moment"
+                f"the database did not answer ({type(exc).__name__}): try again in a moment"
             ) from None
 
     async def check_owner(self, user: str, conversation: str) -> None:
@@ -520,14 +549,11 @@ class Service:
 
     # --- short-lived asks over the user's files -----------------------------------------
 
-    def files_of(self, user: str) -> VirtualFS:
-        """``user``'s own files, kept by the application."""
-        fs = self.files.get(user)
-        if fs is None:
-            fs = self.files[user] = VirtualFS(user)
-        return fs
+    def files_of(self, user: str) -> UserFiles:
+        """``user``'s own files, kept in the database (each call a statement)."""
+        return UserFiles(self.store, user)
 
-    def _fs_of_session(self, session_id: str) -> VirtualFS | None:
+    def _fs_of_session(self, session_id: str) -> UserFiles | None:
         user = self.pool.user_of(session_id) or self._asking.get(session_id)
         return self.files_of(user) if user else None
 
