@@ -47,7 +47,7 @@ def web() -> Iterator[ServiceThread]:
 
 @pytest.fixture(scope="module")
 def token(web: ServiceThread) -> str:
-    return web.service.tokens.issue("A")
+    return web.call(web.service.tokens.issue("A"))
 
 
 @pytest.fixture(
@@ -70,7 +70,7 @@ def on_each_db(request: pytest.FixtureRequest) -> Iterator[tuple[ServiceThread, 
             os.environ["DATABASE_URL"] = before
     try:
         assert web.service.store.engine == "postgresql"
-        yield web, web.service.tokens.issue("A")
+        yield web, web.call(web.service.tokens.issue("A"))
     finally:
         web.stop()
 
@@ -184,7 +184,7 @@ def test_a_send_queued_behind_a_delete_is_not_found(web, token) -> None:
 def test_creating_a_conversation_while_draining_is_503() -> None:
     web = ServiceThread(Settings(turn_timeout_s=30, pool_size=1))
     try:
-        token = web.service.tokens.issue("A")
+        token = web.call(web.service.tokens.issue("A"))
         cid = new_conversation(web, token)
         running, _ = in_background(send, web, token, cid, SLOW)
         wait_until(lambda: web.service.running("A") >= 1)
@@ -430,7 +430,7 @@ def test_a_turn_reported_failed_is_not_stored_or_says_it_was() -> None:
     stored, so most trials land in the window): whatever each is told, the store agrees."""
     web = ServiceThread(Settings(turn_timeout_s=1.0, pool_size=1, lease_ttl_s=6))
     try:
-        token = web.service.tokens.issue("G")
+        token = web.call(web.service.tokens.issue("G"))
         cid = new_conversation(web, token)
         outcomes = []
         low, high = 0.6, 1.4  # bisect to where a turn stops being stored: where ghosts are
