@@ -12,7 +12,7 @@ from support import our_runtime_processes
 from test_notebooks import execute, leaves_nothing, runs_of, with_solutions
 
 pytestmark = pytest.mark.notebook
-NB06 = "06_a_web_backend.ipynb"
+NB06 = "07_a_web_backend.ipynb"
 postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
 # secrets.token_urlsafe(32), as the service issues: 43 URL-safe characters, letters and digits.
 TOKEN_LIKE = re.compile(
