@@ -1,4 +1,4 @@
-"""Notebook 05 headless: other parameters with the exercises' solutions (bad ones: test_params)."""
+"""Notebook 06 headless: other parameters with the exercises' solutions (bad ones: test_params)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Notebook 06 under papermill with other parameters: it passes, leaves nothing running, prints no
+"""Notebook 07 under papermill with other parameters: it passes, leaves nothing running, prints no
 token, and a bad parameter stops it before anything starts."""
 
 from __future__ import annotations

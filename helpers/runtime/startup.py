@@ -71,7 +71,7 @@ def sdk_changes() -> str:
     if tcp["installed"] and options:
         changes.append(
             f"{', '.join(options)} on every client's socket (transport: otherwise a message "
-            "can wait about 40 ms for an ACK; notebook 05 measures it)"
+            "can wait about 40 ms for an ACK; notebook 06 measures it)"
         )
     if watchdog._state["installed"]:
         changes.append(
