@@ -67,6 +67,6 @@ def test_notebook_06_on_postgresql(monkeypatch: pytest.MonkeyPatch, postgres_url
     assert password not in text, "the password must not reach the notebook"
     with psycopg.connect(postgres_url) as conn:
         left = conn.execute(
-            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'run_06%'"
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'run_07%'"
         ).fetchall()
     assert left == [], f"clean-up should drop the run's schema: {left}"
