@@ -1,12 +1,10 @@
 """Long-lived sessions on one shared runtime: a session per user, in the user's own folder.
 
 User A teaches a session a fact, a second client resumes it by id and recalls it, and User B's
-session knows nothing of it (notebook 01). From the repository root:
-`.venv/bin/python examples/01_long_lived.py`; the model comes from the environment as the README
+session knows nothing of it (notebook 01). Run from the repository root:
+`.venv/bin/python examples/01_long_lived.py`. The model comes from the environment as the README
 says (the stand-in model when none is set), the runtime from node_modules or ``CLI_URL``.
 """
-
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -16,12 +14,12 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from subprocess import PIPE, STDOUT, Popen, TimeoutExpired
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +29,50 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0  # the longest any one wait may take
 
 
+async def ask(session: Any, prompt: str) -> str:
+    """Send one message and return the reply's text."""
+    reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
+    return reply.data.content or "" if reply else ""
+
+
+async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) -> None:
+    """The pattern, top to bottom."""
+    link = RuntimeConnection.for_uri(url, connection_token=token)  # the token, on every client
+    c1, c2 = (
+        CopilotClient(mode="empty", connection=link),
+        CopilotClient(mode="empty", connection=link),
+    )
+    home = {user: str(tmp / "users" / user) for user in ("A", "B")}  # a folder per user
+    opts = dict(available_tools=[], **model)  # model= and provider= on every create and resume
+    try:
+        await asyncio.wait_for(c1.start(), TIMEOUT_S)
+        await asyncio.wait_for(c2.start(), TIMEOUT_S)
+        a = await c1.create_session(config_directory=home["A"], **opts)
+        print(
+            f"C1, User A, session {a.session_id}:",
+            await ask(a, "Remember: the codename is AURORA-7."),
+        )
+        await a.disconnect()  # the conversation stays on disk, in A's folder
+        assert Path(home["A"], "session-state", a.session_id, "events.jsonl").exists()
+        a2 = await c2.resume_session(a.session_id, config_directory=home["A"], **opts)
+        recalled = await ask(a2, "What is the codename?")
+        await a2.disconnect()
+        print("C2, User A, the same session resumed by id:", recalled)
+        assert "AURORA-7" in recalled, "a second client resumes A's session with its history"
+        b = await c2.create_session(config_directory=home["B"], **opts)
+        other = await ask(b, "What is the codename?")
+        await b.disconnect()
+        print("C2, User B, a session of B's own:", other)
+        assert "AURORA-7" not in other, "User B's session knows nothing of A's"
+        print("checked: another client resumed A's session by id; B's session is separate")
+    finally:  # the SDK's delete_session takes no folder: a user's sessions go with the folder
+        for client in (c1, c2):
+            await asyncio.wait_for(client.stop(), TIMEOUT_S)
+        for folder in home.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# --- Plumbing: the model, the runtime, child processes (the same in every example) ------------
 class Missing(Exception):
     """Something this script needs is not there; the message says what to do."""
 
@@ -38,8 +80,7 @@ class Missing(Exception):
 def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
     """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
     with log.open("wb") as out:
-        opts: dict[str, Any] = dict(stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, **opts)
+        proc = Popen(cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True)
     stack.callback(stop, proc)
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
@@ -49,10 +90,10 @@ def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, read
     raise Missing(f"{Path(cmd[0]).name} did not start; its log ends: {log.read_text()[-200:]!r}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: Popen[bytes]) -> None:
     """Stop a child's whole process group: TERM, then KILL if it lingers past 5 s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError, TimeoutExpired):
             os.killpg(proc.pid, sig)
             proc.wait(timeout=5)
             return
@@ -60,27 +101,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def model_settings(stack: ExitStack, tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The ``model=``/``provider=`` of every session, and the runtime's environment."""
-    env, model = dict(os.environ), os.environ.get("COPILOT_MODEL")
+    env, model = dict(os.environ), os.environ.get("COPILOT_MODEL", "")
     url = env.get("COPILOT_PROVIDER_BASE_URL", "").rstrip("/")
     backend = env.get("COPILOT_TUTORIAL_BACKEND") or ("byok" if url else "local")
     if backend == "github":  # the runtime reads GH_TOKEN (or COPILOT_GITHUB_TOKEN) itself
         return ({"model": model} if model else {}), env
-    if backend == "byok":
-        try:
-            socket.create_connection((urlsplit(url).hostname, urlsplit(url).port or 443), 5).close()
-        except (OSError, ValueError):
-            raise Missing(
-                f"No model answers at {url!r}: start it, or fix COPILOT_PROVIDER_BASE_URL."
-            ) from None
-        if not model:
-            raise Missing("Set COPILOT_MODEL to the model's name (the byok backend needs one).")
-    else:  # the repository's stand-in model, run as a process of its own
+    if backend == "local":  # the repository's stand-in model, run as a process of its own
         cmd = [sys.executable, "-m", "helpers.model.standin", "--port", "0"]
         env_model = {**env, "PYTHONPATH": str(ROOT)}
         url, model = spawn(stack, cmd, env_model, tmp / "model.log", r"on (http\S+)"), "stand-in"
-    provider = {"type": env.get("COPILOT_PROVIDER_TYPE", "openai"), "base_url": url}
-    if env.get("COPILOT_PROVIDER_API_KEY"):
-        provider["api_key"] = env["COPILOT_PROVIDER_API_KEY"]
+    try:
+        socket.create_connection((urlsplit(url).hostname, urlsplit(url).port or 443), 5).close()
+    except (OSError, ValueError):
+        raise Missing(
+            f"No model answers at {url!r}: start it or fix COPILOT_PROVIDER_BASE_URL."
+        ) from None
+    if not model:
+        raise Missing("Set COPILOT_MODEL to the name of the model (byok needs one).")
+    key = {"api_key": env["COPILOT_PROVIDER_API_KEY"]} if "COPILOT_PROVIDER_API_KEY" in env else {}
+    provider = {"type": env.get("COPILOT_PROVIDER_TYPE", "openai"), "base_url": url, **key}
     offline = {"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": url, "COPILOT_MODEL": model}
     return {"model": model, "provider": provider}, {**env, **offline}
 
@@ -89,59 +128,14 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
     """``CLI_URL`` and its token if set, else a runtime of our own: a token, a throwaway home."""
     if os.environ.get("CLI_URL"):
         return os.environ["CLI_URL"], os.environ.get("COPILOT_CONNECTION_TOKEN")
-    found = [
-        *ROOT.glob("node_modules/@github/copilot-*/copilot"),
-        ROOT / "node_modules/.bin/copilot",
-    ]
-    if not found[0].exists():
+    binary = next(ROOT.glob("node_modules/@github/copilot-*/copilot"), None)  # npm's native build
+    if binary is None:
         raise Missing("No Copilot runtime in node_modules: run `npm ci` in the repository root.")
     token = secrets.token_urlsafe(24)
     env = {**env, "COPILOT_HOME": str(tmp / "home"), "COPILOT_CONNECTION_TOKEN": token}
-    cmd = [str(found[0]), "--headless", "--port", "0", "--no-auto-update"]
+    cmd = [str(binary), "--headless", "--port", "0", "--no-auto-update"]
     port = spawn(stack, cmd, env, tmp / "runtime.log", r"listening on port (\d+)")
     return f"127.0.0.1:{port}", token
-
-
-async def ask(session: Any, prompt: str) -> str:
-    """Send one message and return the reply's text."""
-    reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
-    assert reply is not None, "the turn ended without a reply"
-    return reply.data.content or ""
-
-
-async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) -> None:
-    """The pattern, top to bottom."""
-    connection = RuntimeConnection.for_uri(url, connection_token=token)
-    c1, c2 = (
-        CopilotClient(mode="empty", connection=connection),
-        CopilotClient(mode="empty", connection=connection),
-    )
-    folder = {user: tmp / "users" / user for user in ("A", "B")}  # one folder per user
-    opts = dict(available_tools=[], **model)  # no tools at all in these sessions
-    try:
-        await asyncio.wait_for(c1.start(), TIMEOUT_S)
-        await asyncio.wait_for(c2.start(), TIMEOUT_S)
-        a = await c1.create_session(config_directory=str(folder["A"]), **opts)
-        said = await ask(a, "Remember: the codename is AURORA-7.")
-        print(f"C1, User A, session {a.session_id}: {said}")
-        await a.disconnect()  # the conversation stays on disk, in A's folder
-        assert (folder["A"] / "session-state" / a.session_id / "events.jsonl").exists()
-        a2 = await c2.resume_session(a.session_id, config_directory=str(folder["A"]), **opts)
-        recalled = await ask(a2, "What is the codename?")
-        print(f"C2, User A, the same session resumed by id: {recalled}")
-        assert "AURORA-7" in recalled, "a second client resumes A's session with its history"
-        await a2.disconnect()
-        b = await c2.create_session(config_directory=str(folder["B"]), **opts)
-        other = await ask(b, "What is the codename?")
-        print(f"C2, User B, a session of B's own: {other}")
-        assert "AURORA-7" not in other, "User B's session knows nothing of A's"
-        await b.disconnect()
-        print("checked: another client resumed A's session by id; B's session is separate")
-    finally:  # the SDK's delete_session takes no folder: a user's sessions go with the folder
-        for client in (c1, c2):
-            await asyncio.wait_for(client.stop(), TIMEOUT_S)
-        for path in folder.values():
-            shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

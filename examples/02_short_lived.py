@@ -15,96 +15,22 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from subprocess import PIPE, STDOUT, Popen, TimeoutExpired
 from typing import Any
 from urllib.parse import urlsplit
 
 from copilot import CopilotClient, RuntimeConnection
-from copilot.tools import Tool, ToolInvocation, ToolResult, define_tool
+from copilot.tools import Tool, ToolResult, define_tool
 from pydantic import BaseModel, Field
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0  # the longest any one wait may take
-
-
-class Missing(Exception):
-    """Something this script needs is not there; the message says what to do."""
-
-
-def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
-    """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
-    with log.open("wb") as out:
-        opts: dict[str, Any] = dict(stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, **opts)
-    stack.callback(stop, proc)
-    deadline = time.monotonic() + TIMEOUT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        if found := re.search(ready, log.read_text(errors="replace")):
-            return found.group(1)
-        time.sleep(0.05)
-    raise Missing(f"{Path(cmd[0]).name} did not start; its log ends: {log.read_text()[-200:]!r}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a child's whole process group: TERM, then KILL if it lingers past 5 s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=5)
-            return
-
-
-def model_settings(stack: ExitStack, tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The ``model=``/``provider=`` of every session, and the runtime's environment."""
-    env, model = dict(os.environ), os.environ.get("COPILOT_MODEL")
-    url = env.get("COPILOT_PROVIDER_BASE_URL", "").rstrip("/")
-    backend = env.get("COPILOT_TUTORIAL_BACKEND") or ("byok" if url else "local")
-    if backend == "github":  # the runtime reads GH_TOKEN (or COPILOT_GITHUB_TOKEN) itself
-        return ({"model": model} if model else {}), env
-    if backend == "byok":
-        try:
-            socket.create_connection((urlsplit(url).hostname, urlsplit(url).port or 443), 5).close()
-        except (OSError, ValueError):
-            raise Missing(
-                f"No model answers at {url!r}: start it, or fix COPILOT_PROVIDER_BASE_URL."
-            ) from None
-        if not model:
-            raise Missing("Set COPILOT_MODEL to the model's name (the byok backend needs one).")
-    else:  # the repository's stand-in model, run as a process of its own
-        cmd = [sys.executable, "-m", "helpers.model.standin", "--port", "0"]
-        env_model = {**env, "PYTHONPATH": str(ROOT)}
-        url, model = spawn(stack, cmd, env_model, tmp / "model.log", r"on (http\S+)"), "stand-in"
-    provider = {"type": env.get("COPILOT_PROVIDER_TYPE", "openai"), "base_url": url}
-    if env.get("COPILOT_PROVIDER_API_KEY"):
-        provider["api_key"] = env["COPILOT_PROVIDER_API_KEY"]
-    offline = {"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": url, "COPILOT_MODEL": model}
-    return {"model": model, "provider": provider}, {**env, **offline}
-
-
-def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str, str | None]:
-    """``CLI_URL`` and its token if set, else a runtime of our own: a token, a throwaway home."""
-    if os.environ.get("CLI_URL"):
-        return os.environ["CLI_URL"], os.environ.get("COPILOT_CONNECTION_TOKEN")
-    found = [
-        *ROOT.glob("node_modules/@github/copilot-*/copilot"),
-        ROOT / "node_modules/.bin/copilot",
-    ]
-    if not found[0].exists():
-        raise Missing("No Copilot runtime in node_modules: run `npm ci` in the repository root.")
-    token = secrets.token_urlsafe(24)
-    env = {**env, "COPILOT_HOME": str(tmp / "home"), "COPILOT_CONNECTION_TOKEN": token}
-    cmd = [str(found[0]), "--headless", "--port", "0", "--no-auto-update"]
-    port = spawn(stack, cmd, env, tmp / "runtime.log", r"listening on port (\d+)")
-    return f"127.0.0.1:{port}", token
-
-
-ALLOWLIST = ["custom:write_file", "custom:read_file", "custom:list_files"]
-MAX_FILE_BYTES = 64 * 1024
+ALLOWLIST = ["custom:write_file", "custom:read_file", "custom:list_files"]  # mode="empty" needs it
 
 
 class WriteParams(BaseModel):
@@ -116,16 +42,11 @@ class ReadParams(BaseModel):
     path: str = Field(description="Relative path of the file to read")
 
 
-class ListParams(BaseModel):
-    pass
-
-
 def check_path(path: str) -> str:
     """The path if it is a plain relative file name, else ValueError saying what to send."""
-    parts = path.split("/")
-    if not 0 < len(path) <= 200 or not path.isprintable() or "\\" in path or ".." in parts:
+    if not 0 < len(path) <= 200 or not path.isprintable() or "\\" in path:
         raise ValueError(f"Refused: {path[:80]!r} is not a relative path such as notes.md.")
-    if any(part in ("", ".") for part in parts):
+    if {"", ".", ".."} & set(path.split("/")):
         raise ValueError(f"Refused: {path[:80]!r} is not a relative path such as notes.md.")
     return path
 
@@ -133,64 +54,39 @@ def check_path(path: str) -> str:
 def file_tools(files: dict[str, str], refused: list[str]) -> list[Tool]:
     """Three tools over one user's files: a session of B's holds nothing that reaches A's."""
 
-    def failure(text: str) -> ToolResult:  # returned, not raised: the model sees the reason
+    def failure(text: str) -> ToolResult:  # returned, not raised, so that the model reads why
         return ToolResult(text_result_for_llm=text, result_type="failure")
 
-    def write_file(params: WriteParams, invocation: ToolInvocation) -> str | ToolResult:
+    @define_tool(description="Create or replace a text file", skip_permission=True)
+    def write_file(params: WriteParams) -> str | ToolResult:
         try:
-            path = check_path(params.path)
+            if len(params.content) > 65536:
+                raise ValueError("Refused: a file holds at most 65536 characters.")
+            files[check_path(params.path)] = params.content
+            return f"Saved {params.path}."
         except ValueError as exc:
             refused.append(params.path)
             return failure(str(exc))
-        if len(params.content.encode()) > MAX_FILE_BYTES:
-            return failure(f"Refused: a file holds at most {MAX_FILE_BYTES} bytes.")
-        files[path] = params.content
-        return f"Saved {path}."
 
-    def read_file(params: ReadParams, invocation: ToolInvocation) -> str | ToolResult:
-        try:
-            return files[check_path(params.path)]
-        except (ValueError, KeyError):
+    @define_tool(description="Read a text file", skip_permission=True, overrides_built_in_tool=True)
+    def read_file(params: ReadParams) -> str | ToolResult:
+        if params.path not in files:
             return failure(f"No file named {params.path[:80]!r}; list_files shows what exists.")
+        return files[params.path]
 
-    def list_files(params: ListParams, invocation: ToolInvocation) -> str:
+    @define_tool(description="List all files", skip_permission=True)
+    def list_files() -> str:
         return "\n".join(sorted(files)) or "(no files yet)"
 
-    common: dict[str, Any] = {"skip_permission": True}
-    return [
-        define_tool(
-            "write_file",
-            description="Create or replace a text file",
-            handler=write_file,
-            params_type=WriteParams,
-            **common,
-        ),
-        define_tool(
-            "read_file",
-            description="Read a text file",
-            handler=read_file,
-            params_type=ReadParams,
-            overrides_built_in_tool=True,
-            **common,
-        ),
-        define_tool(
-            "list_files",
-            description="List all files",
-            handler=list_files,
-            params_type=ListParams,
-            **common,
-        ),
-    ]
+    return [write_file, read_file, list_files]
 
 
-async def handle_request(
-    client: CopilotClient, tools: list[Tool], prompt: str, model: dict[str, Any]
-) -> tuple[str, str]:
+async def handle_request(client: CopilotClient, tools: list[Tool], prompt: str, model: Any) -> Any:
     """One request in a session of its own, disconnected and deleted whatever happens."""
     session = await client.create_session(tools=tools, available_tools=ALLOWLIST, **model)
     try:
         reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
-        return session.session_id, (reply.data.content or "") if reply else ""
+        return session.session_id, reply.data.content or "" if reply else ""
     finally:
         await asyncio.wait_for(session.disconnect(), TIMEOUT_S)
         await asyncio.wait_for(client.delete_session(session.session_id), TIMEOUT_S)
@@ -198,28 +94,29 @@ async def handle_request(
 
 async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) -> None:
     """The pattern, top to bottom."""
-    connection = RuntimeConnection.for_uri(url, connection_token=token)
-    client = CopilotClient(mode="empty", connection=connection)
+    link = RuntimeConnection.for_uri(url, connection_token=token)
+    client = CopilotClient(mode="empty", connection=link)
     files: dict[str, dict[str, str]] = {"A": {}, "B": {}}  # the application's, per user
     refused: list[str] = []
-    used = []
+    requests = [
+        ("A", 'Create notes.md containing "buy milk"'),
+        ("A", "List my files, then read notes.md"),
+        ("B", "List my files."),
+        ("A", 'Create ../outside.md containing "x"'),
+    ]
     try:
         await asyncio.wait_for(client.start(), TIMEOUT_S)
-        for user, prompt in [
-            ("A", 'Create notes.md containing "buy milk"'),
-            ("A", "List my files, then read notes.md"),
-            ("B", "List my files."),
-            ("A", 'Create ../outside.md containing "x"'),
-        ]:
+        used = []
+        for user, prompt in requests:
             sid, reply = await handle_request(
                 client, file_tools(files[user], refused), prompt, model
             )
             used.append(sid)
             print(f"User {user}, session {sid} (deleted): {prompt!r} -> {reply!r}")
-            if prompt.startswith("List my files, then"):
-                assert "buy milk" in reply.lower(), "A's second request reads what the first wrote"
             if user == "B":
                 assert "buy milk" not in reply.lower(), "B cannot see A's note"
+            elif "then read" in prompt:
+                assert "buy milk" in reply.lower(), "A's second request reads what the first wrote"
         print("files:", files, "refused paths:", refused)
         assert files == {"A": {"notes.md": "buy milk"}, "B": {}}, "each file in its user's dict"
         assert refused == ["../outside.md"], "the tool refused the path outside the user's files"
@@ -228,6 +125,72 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
         print("checked: a session per request, all deleted; no file in the wrong place")
     finally:
         await asyncio.wait_for(client.stop(), TIMEOUT_S)
+
+
+# --- Plumbing: the model, the runtime, child processes (the same in every example) ------------
+class Missing(Exception):
+    """Something this script needs is not there; the message says what to do."""
+
+
+def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
+    """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
+    with log.open("wb") as out:
+        proc = Popen(cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True)
+    stack.callback(stop, proc)
+    deadline = time.monotonic() + TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        if found := re.search(ready, log.read_text(errors="replace")):
+            return found.group(1)
+        time.sleep(0.05)
+    raise Missing(f"{Path(cmd[0]).name} did not start; its log ends: {log.read_text()[-200:]!r}")
+
+
+def stop(proc: Popen[bytes]) -> None:
+    """Stop a child's whole process group: TERM, then KILL if it lingers past 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, TimeoutExpired):
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=5)
+            return
+
+
+def model_settings(stack: ExitStack, tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``model=``/``provider=`` of every session, and the runtime's environment."""
+    env, model = dict(os.environ), os.environ.get("COPILOT_MODEL", "")
+    url = env.get("COPILOT_PROVIDER_BASE_URL", "").rstrip("/")
+    backend = env.get("COPILOT_TUTORIAL_BACKEND") or ("byok" if url else "local")
+    if backend == "github":  # the runtime reads GH_TOKEN (or COPILOT_GITHUB_TOKEN) itself
+        return ({"model": model} if model else {}), env
+    if backend == "local":  # the repository's stand-in model, run as a process of its own
+        cmd = [sys.executable, "-m", "helpers.model.standin", "--port", "0"]
+        env_model = {**env, "PYTHONPATH": str(ROOT)}
+        url, model = spawn(stack, cmd, env_model, tmp / "model.log", r"on (http\S+)"), "stand-in"
+    try:
+        socket.create_connection((urlsplit(url).hostname, urlsplit(url).port or 443), 5).close()
+    except (OSError, ValueError):
+        raise Missing(
+            f"No model answers at {url!r}: start it or fix COPILOT_PROVIDER_BASE_URL."
+        ) from None
+    if not model:
+        raise Missing("Set COPILOT_MODEL to the name of the model (byok needs one).")
+    key = {"api_key": env["COPILOT_PROVIDER_API_KEY"]} if "COPILOT_PROVIDER_API_KEY" in env else {}
+    provider = {"type": env.get("COPILOT_PROVIDER_TYPE", "openai"), "base_url": url, **key}
+    offline = {"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": url, "COPILOT_MODEL": model}
+    return {"model": model, "provider": provider}, {**env, **offline}
+
+
+def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str, str | None]:
+    """``CLI_URL`` and its token if set, else a runtime of our own: a token, a throwaway home."""
+    if os.environ.get("CLI_URL"):
+        return os.environ["CLI_URL"], os.environ.get("COPILOT_CONNECTION_TOKEN")
+    binary = next(ROOT.glob("node_modules/@github/copilot-*/copilot"), None)  # npm's native build
+    if binary is None:
+        raise Missing("No Copilot runtime in node_modules: run `npm ci` in the repository root.")
+    token = secrets.token_urlsafe(24)
+    env = {**env, "COPILOT_HOME": str(tmp / "home"), "COPILOT_CONNECTION_TOKEN": token}
+    cmd = [str(binary), "--headless", "--port", "0", "--no-auto-update"]
+    port = spawn(stack, cmd, env, tmp / "runtime.log", r"listening on port (\d+)")
+    return f"127.0.0.1:{port}", token
 
 
 if __name__ == "__main__":

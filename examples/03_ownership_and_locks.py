@@ -16,12 +16,12 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from subprocess import PIPE, STDOUT, Popen, TimeoutExpired
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,77 +30,6 @@ from copilot import CopilotClient, RuntimeConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0  # the longest any one wait may take
-
-
-class Missing(Exception):
-    """Something this script needs is not there; the message says what to do."""
-
-
-def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
-    """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
-    with log.open("wb") as out:
-        opts: dict[str, Any] = dict(stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, **opts)
-    stack.callback(stop, proc)
-    deadline = time.monotonic() + TIMEOUT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        if found := re.search(ready, log.read_text(errors="replace")):
-            return found.group(1)
-        time.sleep(0.05)
-    raise Missing(f"{Path(cmd[0]).name} did not start; its log ends: {log.read_text()[-200:]!r}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a child's whole process group: TERM, then KILL if it lingers past 5 s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=5)
-            return
-
-
-def model_settings(stack: ExitStack, tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """The ``model=``/``provider=`` of every session, and the runtime's environment."""
-    env, model = dict(os.environ), os.environ.get("COPILOT_MODEL")
-    url = env.get("COPILOT_PROVIDER_BASE_URL", "").rstrip("/")
-    backend = env.get("COPILOT_TUTORIAL_BACKEND") or ("byok" if url else "local")
-    if backend == "github":  # the runtime reads GH_TOKEN (or COPILOT_GITHUB_TOKEN) itself
-        return ({"model": model} if model else {}), env
-    if backend == "byok":
-        try:
-            socket.create_connection((urlsplit(url).hostname, urlsplit(url).port or 443), 5).close()
-        except (OSError, ValueError):
-            raise Missing(
-                f"No model answers at {url!r}: start it, or fix COPILOT_PROVIDER_BASE_URL."
-            ) from None
-        if not model:
-            raise Missing("Set COPILOT_MODEL to the model's name (the byok backend needs one).")
-    else:  # the repository's stand-in model, run as a process of its own
-        cmd = [sys.executable, "-m", "helpers.model.standin", "--port", "0"]
-        env_model = {**env, "PYTHONPATH": str(ROOT)}
-        url, model = spawn(stack, cmd, env_model, tmp / "model.log", r"on (http\S+)"), "stand-in"
-    provider = {"type": env.get("COPILOT_PROVIDER_TYPE", "openai"), "base_url": url}
-    if env.get("COPILOT_PROVIDER_API_KEY"):
-        provider["api_key"] = env["COPILOT_PROVIDER_API_KEY"]
-    offline = {"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": url, "COPILOT_MODEL": model}
-    return {"model": model, "provider": provider}, {**env, **offline}
-
-
-def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str, str | None]:
-    """``CLI_URL`` and its token if set, else a runtime of our own: a token, a throwaway home."""
-    if os.environ.get("CLI_URL"):
-        return os.environ["CLI_URL"], os.environ.get("COPILOT_CONNECTION_TOKEN")
-    found = [
-        *ROOT.glob("node_modules/@github/copilot-*/copilot"),
-        ROOT / "node_modules/.bin/copilot",
-    ]
-    if not found[0].exists():
-        raise Missing("No Copilot runtime in node_modules: run `npm ci` in the repository root.")
-    token = secrets.token_urlsafe(24)
-    env = {**env, "COPILOT_HOME": str(tmp / "home"), "COPILOT_CONNECTION_TOKEN": token}
-    cmd = [str(found[0]), "--headless", "--port", "0", "--no-auto-update"]
-    port = spawn(stack, cmd, env, tmp / "runtime.log", r"listening on port (\d+)")
-    return f"127.0.0.1:{port}", token
 
 
 class NotYourSession(Exception):
@@ -209,6 +138,72 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
                 await sessions.delete("alice", sid)
         await asyncio.wait_for(client.stop(), TIMEOUT_S)
         await db.close()
+
+
+# --- Plumbing: the model, the runtime, child processes (the same in every example) ------------
+class Missing(Exception):
+    """Something this script needs is not there; the message says what to do."""
+
+
+def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
+    """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
+    with log.open("wb") as out:
+        proc = Popen(cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True)
+    stack.callback(stop, proc)
+    deadline = time.monotonic() + TIMEOUT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        if found := re.search(ready, log.read_text(errors="replace")):
+            return found.group(1)
+        time.sleep(0.05)
+    raise Missing(f"{Path(cmd[0]).name} did not start; its log ends: {log.read_text()[-200:]!r}")
+
+
+def stop(proc: Popen[bytes]) -> None:
+    """Stop a child's whole process group: TERM, then KILL if it lingers past 5 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, TimeoutExpired):
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=5)
+            return
+
+
+def model_settings(stack: ExitStack, tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``model=``/``provider=`` of every session, and the runtime's environment."""
+    env, model = dict(os.environ), os.environ.get("COPILOT_MODEL", "")
+    url = env.get("COPILOT_PROVIDER_BASE_URL", "").rstrip("/")
+    backend = env.get("COPILOT_TUTORIAL_BACKEND") or ("byok" if url else "local")
+    if backend == "github":  # the runtime reads GH_TOKEN (or COPILOT_GITHUB_TOKEN) itself
+        return ({"model": model} if model else {}), env
+    if backend == "local":  # the repository's stand-in model, run as a process of its own
+        cmd = [sys.executable, "-m", "helpers.model.standin", "--port", "0"]
+        env_model = {**env, "PYTHONPATH": str(ROOT)}
+        url, model = spawn(stack, cmd, env_model, tmp / "model.log", r"on (http\S+)"), "stand-in"
+    try:
+        socket.create_connection((urlsplit(url).hostname, urlsplit(url).port or 443), 5).close()
+    except (OSError, ValueError):
+        raise Missing(
+            f"No model answers at {url!r}: start it or fix COPILOT_PROVIDER_BASE_URL."
+        ) from None
+    if not model:
+        raise Missing("Set COPILOT_MODEL to the name of the model (byok needs one).")
+    key = {"api_key": env["COPILOT_PROVIDER_API_KEY"]} if "COPILOT_PROVIDER_API_KEY" in env else {}
+    provider = {"type": env.get("COPILOT_PROVIDER_TYPE", "openai"), "base_url": url, **key}
+    offline = {"COPILOT_OFFLINE": "true", "COPILOT_PROVIDER_BASE_URL": url, "COPILOT_MODEL": model}
+    return {"model": model, "provider": provider}, {**env, **offline}
+
+
+def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str, str | None]:
+    """``CLI_URL`` and its token if set, else a runtime of our own: a token, a throwaway home."""
+    if os.environ.get("CLI_URL"):
+        return os.environ["CLI_URL"], os.environ.get("COPILOT_CONNECTION_TOKEN")
+    binary = next(ROOT.glob("node_modules/@github/copilot-*/copilot"), None)  # npm's native build
+    if binary is None:
+        raise Missing("No Copilot runtime in node_modules: run `npm ci` in the repository root.")
+    token = secrets.token_urlsafe(24)
+    env = {**env, "COPILOT_HOME": str(tmp / "home"), "COPILOT_CONNECTION_TOKEN": token}
+    cmd = [str(binary), "--headless", "--port", "0", "--no-auto-update"]
+    port = spawn(stack, cmd, env, tmp / "runtime.log", r"listening on port (\d+)")
+    return f"127.0.0.1:{port}", token
 
 
 if __name__ == "__main__":
