@@ -194,6 +194,7 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

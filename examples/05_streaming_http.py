@@ -119,6 +119,13 @@ class Service:
             out.put_nowait(None)
 
 
+class QuietServer(uvicorn.Server):
+    """uvicorn in this loop, leaving Ctrl+C and SIGTERM to the script (which stops everything)."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
 def build_app(service: Service) -> FastAPI:
     """The HTTP face of the service: two routes, each behind the bearer token."""
     app, bearer = FastAPI(), HTTPBearer(auto_error=False)
@@ -185,7 +192,7 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
         mode="empty", connection=RuntimeConnection.for_uri(url, connection_token=token)
     )
     service = Service(client, model)
-    server = uvicorn.Server(
+    server = QuietServer(
         uvicorn.Config(
             build_app(service), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
         )
@@ -305,6 +312,7 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

@@ -181,8 +181,8 @@ def test_example_runs_on_the_stand_in_and_on_the_peer(
         assert canary not in run.out + run.err, "a secret reached the output"
 
 
-def interrupt(name: str, after: str, tmp_path: Path) -> Run:
-    """Run ``name`` on the stand-in and send it SIGINT (Ctrl+C) once ``after`` is printed."""
+def interrupt(name: str, after: str, tmp_path: Path, sig: int) -> Run:
+    """Run ``name`` on the stand-in and send it ``sig`` once ``after`` is printed."""
     marker, out = secrets.token_hex(8), tmp_path / "out"
     proc = start(name, environment(marker), out)
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -191,21 +191,25 @@ def interrupt(name: str, after: str, tmp_path: Path) -> Run:
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"{name} ended before {after!r}: {out.read_text()}"
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     return finish(proc, out, marker)
 
 
 @pytest.mark.runtime
 @pytest.mark.parametrize(
-    ("name", "after"),
+    ("name", "after", "sig"),
     [
-        ("01_long_lived.py", "(a child started)"),  # the model and the runtime starting
-        ("01_long_lived.py", "C1, User A"),  # mid-run: sessions open, a second client to come
-        ("05_streaming_http.py", "alice's session:"),  # the web server and a client running
+        ("01_long_lived.py", "(a child started)", signal.SIGINT),  # model and runtime starting
+        ("01_long_lived.py", "C1, User A", signal.SIGINT),  # mid-run, sessions open
+        ("02_short_lived.py", "User A, session", signal.SIGTERM),  # between two requests
+        ("05_streaming_http.py", "alice's session:", signal.SIGINT),  # web server and client
+        ("05_streaming_http.py", "asked again:", signal.SIGINT),  # a slow tool call under way
     ],
 )
-def test_sigint_part_way_leaves_nothing(name: str, after: str, tmp_path: Path) -> None:
-    run = interrupt(name, after, tmp_path)
+def test_sigint_or_sigterm_part_way_leaves_nothing(
+    name: str, after: str, sig: int, tmp_path: Path
+) -> None:
+    run = interrupt(name, after, tmp_path, sig)
     assert run.code != 0 and "checked:" not in run.out, run.out
     assert "interrupted" in run.err, run.err
 
