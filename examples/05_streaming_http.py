@@ -46,10 +46,6 @@ class Ask(BaseModel):
     prompt: str
 
 
-class NoParams(BaseModel):
-    pass
-
-
 class Service:
     """The application: who owns which session, a lock per session, turns in their own tasks."""
 
@@ -60,11 +56,12 @@ class Service:
         self.tasks: set[asyncio.Future[None]] = set()  # the turns running, kept referenced
         self.tool_cancelled = asyncio.Event()
         self.streams: dict[str, asyncio.Queue] = {}  # session id -> its running turn's events
-        tool = define_tool("list_files", description="List all files", handler=self.slow_list,
-                           params_type=NoParams, skip_permission=True)  # fmt: skip
-        self.opts = dict(tools=[tool], available_tools=["custom:list_files"], **model)
+        slow = define_tool("list_files", description="List all files", skip_permission=True)
+        self.opts = dict(
+            tools=[slow(self.slow_list)], available_tools=["custom:list_files"], **model
+        )
 
-    async def slow_list(self, params: NoParams, invocation: ToolInvocation) -> str:
+    async def slow_list(self, invocation: ToolInvocation) -> str:
         """A tool that takes long (a slow backend): a turn that uses it can be hung up on."""
         self.streams[invocation.session_id].put_nowait(("tool", "list_files is running"))
         try:
@@ -114,6 +111,8 @@ class Service:
             finally:
                 unsubscribe()
                 await asyncio.wait_for(session.disconnect(), TIMEOUT_S)
+        except Exception as exc:  # the caller gets an error event (its type only), never a hang
+            out.put_nowait(("error", type(exc).__name__))
         finally:
             lock.release()
             out.put_nowait(None)
