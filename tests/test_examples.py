@@ -195,16 +195,33 @@ def interrupt(name: str, after: str, tmp_path: Path, sig: int) -> Run:
     return finish(proc, out, marker)
 
 
+# Where a signal lands: "(a child started)" while the model and the runtime start, else once the
+# line is printed. The suite takes a few; EXAMPLES_SWEEP=1 takes every moment of every script with
+# both signals (about 5 minutes): `EXAMPLES_SWEEP=1 .venv/bin/python -m pytest
+# tests/test_examples.py -k part_way`.
+MOMENTS = {
+    "01_long_lived.py": ["(a child started)", "C1, User A", "C2, User A"],
+    "02_short_lived.py": ["(a child started)", "User A, session", "User B, session"],
+    "03_ownership_and_locks.py": ["(a child started)", "alice's session:", "two turns at once:"],
+    "04_session_state_in_db.py": ["(a child started)", "runtime 1, session", "runtime 2"],
+    "05_streaming_http.py": ["(a child started)", "alice's session:", "asked again:"],
+}
+SHORT = [
+    ("01_long_lived.py", "(a child started)", signal.SIGINT),
+    ("02_short_lived.py", "User A, session", signal.SIGTERM),  # between two requests
+    ("05_streaming_http.py", "asked again:", signal.SIGINT),  # web server, a slow tool under way
+]
+SWEEP = [
+    (name, after, sig)
+    for name, moments in MOMENTS.items()
+    for after in moments
+    for sig in (signal.SIGINT, signal.SIGTERM)
+]
+
+
 @pytest.mark.runtime
 @pytest.mark.parametrize(
-    ("name", "after", "sig"),
-    [
-        ("01_long_lived.py", "(a child started)", signal.SIGINT),  # model and runtime starting
-        ("01_long_lived.py", "C1, User A", signal.SIGINT),  # mid-run, sessions open
-        ("02_short_lived.py", "User A, session", signal.SIGTERM),  # between two requests
-        ("05_streaming_http.py", "alice's session:", signal.SIGINT),  # web server and client
-        ("05_streaming_http.py", "asked again:", signal.SIGINT),  # a slow tool call under way
-    ],
+    ("name", "after", "sig"), SWEEP if os.environ.get("EXAMPLES_SWEEP") else SHORT
 )
 def test_sigint_or_sigterm_part_way_leaves_nothing(
     name: str, after: str, sig: int, tmp_path: Path
