@@ -195,15 +195,15 @@ def interrupt(name: str, after: str, tmp_path: Path, sig: int) -> Run:
     return finish(proc, out, marker)
 
 
-# Where a signal lands: "(a child started)" while the model and the runtime start, else once the
-# line is printed. The suite takes a few; EXAMPLES_SWEEP=1 takes every moment of every script with
-# both signals (about 5 minutes): `EXAMPLES_SWEEP=1 .venv/bin/python -m pytest
-# tests/test_examples.py -k part_way`.
+# Where a signal lands: "(a child started)" while the model and the runtime start, else once that
+# line is printed ("checked:": in the clean-up). The suite takes three; EXAMPLES_SWEEP=1 takes every
+# moment of every script with both signals (about 4 minutes):
+# `EXAMPLES_SWEEP=1 .venv/bin/python -m pytest tests/test_examples.py -k part_way`.
 MOMENTS = {
     "01_long_lived.py": ["(a child started)", "C1, User A", "C2, User A"],
     "02_short_lived.py": ["(a child started)", "User A, session", "User B, session"],
     "03_ownership_and_locks.py": ["(a child started)", "alice's session:", "two turns at once:"],
-    "04_session_state_in_db.py": ["(a child started)", "runtime 1, session", "runtime 2"],
+    "04_session_state_in_db.py": ["(a child started)", "runtime 1, session", "checked:"],
     "05_streaming_http.py": ["(a child started)", "alice's session:", "asked again:"],
 }
 SHORT = [
@@ -227,8 +227,9 @@ def test_sigint_or_sigterm_part_way_leaves_nothing(
     name: str, after: str, sig: int, tmp_path: Path
 ) -> None:
     run = interrupt(name, after, tmp_path, sig)
-    assert run.code != 0 and "checked:" not in run.out, run.out
-    assert "interrupted" in run.err, run.err
+    stopped = run.code != 0 and "interrupted" in run.err
+    # A signal in the clean-up after the last check may end with the clean-up and exit 0.
+    assert stopped or (after == "checked:" and run.code == 0), f"{run.out}\n{run.err}"
 
 
 def one_line_error(run: Run) -> str:
