@@ -36,13 +36,11 @@ from copilot.session_fs_provider import SessionFsFileInfo, SessionFsProvider
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0  # the longest any one wait may take
 
-
 SESSION_FS: Any = {
     "initial_working_directory": "/",
     "session_state_path": "/session-state",
     "conventions": "posix",
 }
-
 
 SCHEMA = [
     "CREATE TABLE owners (session_id TEXT PRIMARY KEY, owner TEXT NOT NULL)",
@@ -52,6 +50,7 @@ SCHEMA = [
 
 
 def missing(path: str) -> FileNotFoundError:
+    """The error a missing file gets (the SDK tells the runtime ENOENT)."""
     return FileNotFoundError(errno.ENOENT, "no such file or directory", path)
 
 
@@ -145,6 +144,7 @@ class DbFs(SessionFsProvider):
 
 
 def clean(path: str) -> str:
+    """``path`` as one absolute, normalised POSIX path."""
     return posixpath.normpath("/" + path.lstrip("/"))
 
 

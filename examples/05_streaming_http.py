@@ -38,7 +38,6 @@ from sse_starlette import EventSourceResponse
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0  # the longest any one wait may take
 
-
 TOKENS = {secrets.token_urlsafe(24): user for user in ("alice", "bob")}  # bearer token -> user
 
 
