@@ -8,6 +8,7 @@ says (the stand-in model when none is set), the runtime from node_modules or ``C
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -45,23 +46,27 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
     home = {user: str(tmp / "users" / user) for user in ("A", "B")}  # a folder per user
     opts = dict(available_tools=[], **model)  # model= and provider= on every create and resume
     try:
-        await asyncio.wait_for(c1.start(), TIMEOUT_S)
-        await asyncio.wait_for(c2.start(), TIMEOUT_S)
-        a = await c1.create_session(config_directory=home["A"], **opts)
+        await connect(c1)
+        await connect(c2)
+        a = await asyncio.wait_for(c1.create_session(config_directory=home["A"], **opts), TIMEOUT_S)
         print(
             f"C1, User A, session {a.session_id}:",
             await ask(a, "Remember: the codename is AURORA-7."),
         )
-        await a.disconnect()  # the conversation stays on disk, in A's folder
+        await asyncio.wait_for(
+            a.disconnect(), TIMEOUT_S
+        )  # the conversation stays on disk, in A's folder
         assert Path(home["A"], "session-state", a.session_id, "events.jsonl").exists()
-        a2 = await c2.resume_session(a.session_id, config_directory=home["A"], **opts)
+        a2 = await asyncio.wait_for(
+            c2.resume_session(a.session_id, config_directory=home["A"], **opts), TIMEOUT_S
+        )
         recalled = await ask(a2, "What is the codename?")
-        await a2.disconnect()
+        await asyncio.wait_for(a2.disconnect(), TIMEOUT_S)
         print("C2, User A, the same session resumed by id:", recalled)
         assert "AURORA-7" in recalled, "a second client resumes A's session with its history"
-        b = await c2.create_session(config_directory=home["B"], **opts)
+        b = await asyncio.wait_for(c2.create_session(config_directory=home["B"], **opts), TIMEOUT_S)
         other = await ask(b, "What is the codename?")
-        await b.disconnect()
+        await asyncio.wait_for(b.disconnect(), TIMEOUT_S)
         print("C2, User B, a session of B's own:", other)
         assert "AURORA-7" not in other, "User B's session knows nothing of A's"
         print("checked: another client resumed A's session by id; B's session is separate")
@@ -138,8 +143,19 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
     return f"127.0.0.1:{port}", token
 
 
+async def connect(client: CopilotClient) -> None:
+    """Start a client; a runtime that is not there, or refuses the token, is ``Missing``."""
+    try:
+        await asyncio.wait_for(client.start(), TIMEOUT_S)
+    except Exception as exc:
+        bad_token = "AUTHENTICATION_FAILED" in str(exc)
+        why = "refused the token: set COPILOT_CONNECTION_TOKEN" if bad_token else "is not there"
+        raise Missing(f"The runtime {why} (or unset CLI_URL to start one).") from None
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -83,7 +84,9 @@ def file_tools(files: dict[str, str], refused: list[str]) -> list[Tool]:
 
 async def handle_request(client: CopilotClient, tools: list[Tool], prompt: str, model: Any) -> Any:
     """One request in a session of its own, disconnected and deleted whatever happens."""
-    session = await client.create_session(tools=tools, available_tools=ALLOWLIST, **model)
+    session = await asyncio.wait_for(
+        client.create_session(tools=tools, available_tools=ALLOWLIST, **model), TIMEOUT_S
+    )
     try:
         reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
         return session.session_id, reply.data.content or "" if reply else ""
@@ -105,7 +108,7 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
         ("A", 'Create ../outside.md containing "x"'),
     ]
     try:
-        await asyncio.wait_for(client.start(), TIMEOUT_S)
+        await connect(client)
         used = []
         for user, prompt in requests:
             sid, reply = await handle_request(
@@ -193,8 +196,19 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
     return f"127.0.0.1:{port}", token
 
 
+async def connect(client: CopilotClient) -> None:
+    """Start a client; a runtime that is not there, or refuses the token, is ``Missing``."""
+    try:
+        await asyncio.wait_for(client.start(), TIMEOUT_S)
+    except Exception as exc:
+        bad_token = "AUTHENTICATION_FAILED" in str(exc)
+        why = "refused the token: set COPILOT_CONNECTION_TOKEN" if bad_token else "is not there"
+        raise Missing(f"The runtime {why} (or unset CLI_URL to start one).") from None
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

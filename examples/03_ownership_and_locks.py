@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -69,9 +70,13 @@ class Sessions:
             self.runtime_calls += 1
             start = time.monotonic()
             if await self.check(user, sid) == 0:  # under the lock: one create, then resumes
-                session = await self.client.create_session(session_id=sid, **self.opts)
+                session = await asyncio.wait_for(
+                    self.client.create_session(session_id=sid, **self.opts), TIMEOUT_S
+                )
             else:
-                session = await self.client.resume_session(sid, **self.opts)
+                session = await asyncio.wait_for(
+                    self.client.resume_session(sid, **self.opts), TIMEOUT_S
+                )
             try:
                 reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
             finally:
@@ -104,7 +109,7 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
     )
     sessions, sid = Sessions(db, client, model), ""
     try:
-        await asyncio.wait_for(client.start(), TIMEOUT_S)
+        await connect(client)
         sid = await sessions.create("alice")
         print("alice's session:", sid)
         before = sessions.runtime_calls
@@ -206,8 +211,19 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
     return f"127.0.0.1:{port}", token
 
 
+async def connect(client: CopilotClient) -> None:
+    """Start a client; a runtime that is not there, or refuses the token, is ``Missing``."""
+    try:
+        await asyncio.wait_for(client.start(), TIMEOUT_S)
+    except Exception as exc:
+        bad_token = "AUTHENTICATION_FAILED" in str(exc)
+        why = "refused the token: set COPILOT_CONNECTION_TOKEN" if bad_token else "is not there"
+        raise Missing(f"The runtime {why} (or unset CLI_URL to start one).") from None
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

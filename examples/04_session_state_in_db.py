@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import posixpath
 import re
@@ -154,9 +155,11 @@ async def ask(
     """One turn in session ``sid`` on ``client``'s runtime, its files in ``db``; then let go."""
     handler = {"create_session_fs_handler": lambda session: DbFs(db, session.session_id)}
     if await (await db.execute("SELECT 1 FROM files WHERE session_id = ?", (sid,))).fetchone():
-        session = await client.resume_session(sid, **handler, **opts)
+        session = await asyncio.wait_for(client.resume_session(sid, **handler, **opts), TIMEOUT_S)
     else:
-        session = await client.create_session(session_id=sid, **handler, **opts)
+        session = await asyncio.wait_for(
+            client.create_session(session_id=sid, **handler, **opts), TIMEOUT_S
+        )
     try:
         reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
         return (reply.data.content or "") if reply else ""
@@ -181,7 +184,7 @@ async def main(runtimes: list[tuple[str, str]], model: dict[str, Any], tmp: Path
     sid = f"alice-{secrets.token_hex(16)}"  # made by the application, owner recorded first
     try:
         for client in clients:
-            await asyncio.wait_for(client.start(), TIMEOUT_S)
+            await connect(client)
         await db.execute("INSERT INTO owners VALUES (?, ?)", (sid, "alice"))
         await db.commit()
         said = await ask(clients[0], db, sid, "Remember: the codename is AURORA-7.", **opts)
@@ -272,8 +275,19 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str], name: str) -
     return f"127.0.0.1:{port}", token
 
 
+async def connect(client: CopilotClient) -> None:
+    """Start a client; a runtime that is not there, or refuses the token, is ``Missing``."""
+    try:
+        await asyncio.wait_for(client.start(), TIMEOUT_S)
+    except Exception as exc:
+        bad_token = "AUTHENTICATION_FAILED" in str(exc)
+        why = "refused the token: set COPILOT_CONNECTION_TOKEN" if bad_token else "is not there"
+        raise Missing(f"The runtime {why} (or unset CLI_URL to start one).") from None
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

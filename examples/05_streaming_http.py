@@ -10,6 +10,7 @@ README says (the stand-in model when none is set), the runtime from node_modules
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -91,15 +92,18 @@ class Service:
 
         try:
             if sid in self.started:
-                session = await self.client.resume_session(sid, streaming=True, **self.opts)
+                session = await asyncio.wait_for(
+                    self.client.resume_session(sid, streaming=True, **self.opts), TIMEOUT_S
+                )
             else:
-                session = await self.client.create_session(
-                    session_id=sid, streaming=True, **self.opts
+                session = await asyncio.wait_for(
+                    self.client.create_session(session_id=sid, streaming=True, **self.opts),
+                    TIMEOUT_S,
                 )
                 self.started.add(sid)
             unsubscribe = session.on(on_event)
             try:
-                await session.send(prompt)
+                await asyncio.wait_for(session.send(prompt), TIMEOUT_S)
                 waits = [asyncio.ensure_future(e.wait()) for e in (idle, hung_up)]
                 await asyncio.wait(waits, timeout=TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
                 for waiting in waits:
@@ -198,7 +202,7 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
     serving = asyncio.ensure_future(server.serve())
     alice, bob = list(TOKENS)
     try:
-        await asyncio.wait_for(client.start(), TIMEOUT_S)
+        await connect(client)
         async with asyncio.timeout(TIMEOUT_S):
             while not server.started:
                 await asyncio.sleep(0.05)
@@ -309,8 +313,19 @@ def start_runtime(stack: ExitStack, tmp: Path, env: dict[str, str]) -> tuple[str
     return f"127.0.0.1:{port}", token
 
 
+async def connect(client: CopilotClient) -> None:
+    """Start a client; a runtime that is not there, or refuses the token, is ``Missing``."""
+    try:
+        await asyncio.wait_for(client.start(), TIMEOUT_S)
+    except Exception as exc:
+        bad_token = "AUTHENTICATION_FAILED" in str(exc)
+        why = "refused the token: set COPILOT_CONNECTION_TOKEN" if bad_token else "is not there"
+        raise Missing(f"The runtime {why} (or unset CLI_URL to start one).") from None
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))
         try:

@@ -239,20 +239,35 @@ def one_line_error(run: Run) -> str:
 
 
 @pytest.mark.runtime
-def test_a_model_endpoint_down_is_one_sentence(tmp_path: Path) -> None:
-    marker, out = secrets.token_hex(8), tmp_path / "out"
-    down = f"http://127.0.0.1:{free_port()}/v1"
-    env = environment(marker, COPILOT_PROVIDER_BASE_URL=down, COPILOT_MODEL="m")
-    line = one_line_error(finish(start("02_short_lived.py", env, out), out, marker))
-    assert down in line and "COPILOT_PROVIDER_BASE_URL" in line
-
-
-@pytest.mark.runtime
-def test_no_runtime_installed_is_one_sentence(peer: PeerModel, tmp_path: Path) -> None:
-    """A copy of the script in a checkout without node_modules."""
+def test_something_missing_is_one_sentence(peer: PeerModel, tmp_path: Path) -> None:
+    """A model endpoint down, no runtime installed (a copy of the script in a checkout without
+    node_modules), nothing at CLI_URL: each run exits 1 with one line naming what to do."""
     (tmp_path / "examples").mkdir()
-    script = Path(shutil.copy(EXAMPLES / "01_long_lived.py", tmp_path / "examples"))
-    marker, out = secrets.token_hex(8), tmp_path / "out"
-    env = environment(marker, COPILOT_PROVIDER_BASE_URL=peer.base_url, COPILOT_MODEL=PEER_MODEL)
-    line = one_line_error(finish(start("", env, out, script=script), out, marker))
-    assert "npm ci" in line
+    copy = Path(shutil.copy(EXAMPLES / "01_long_lived.py", tmp_path / "examples"))
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    peer_env = dict(COPILOT_PROVIDER_BASE_URL=peer.base_url, COPILOT_MODEL=PEER_MODEL)
+    cases = {
+        "model down": (
+            "02_short_lived.py",
+            None,
+            dict(COPILOT_PROVIDER_BASE_URL=down, COPILOT_MODEL="m"),
+        ),
+        "no runtime": ("", copy, peer_env),
+        "no CLI_URL runtime": (
+            "03_ownership_and_locks.py",
+            None,
+            dict(peer_env, CLI_URL=f"127.0.0.1:{free_port()}"),
+        ),
+    }
+    markers = {case: secrets.token_hex(8) for case in cases}
+    procs = {
+        case: start(name, environment(markers[case], **env), tmp_path / f"{i}.out", script=script)
+        for i, (case, (name, script, env)) in enumerate(cases.items())
+    }
+    lines = {
+        case: one_line_error(finish(proc, tmp_path / f"{i}.out", markers[case]))
+        for i, (case, proc) in enumerate(procs.items())
+    }
+    assert down in lines["model down"] and "COPILOT_PROVIDER_BASE_URL" in lines["model down"]
+    assert "npm ci" in lines["no runtime"]
+    assert "CLI_URL" in lines["no CLI_URL runtime"]
