@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from contextlib import ExitStack
 from pathlib import Path
 from subprocess import PIPE, STDOUT, Popen, TimeoutExpired
@@ -30,43 +31,33 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0  # the longest any one wait may take
 
 
-async def ask(session: Any, prompt: str) -> str:
-    """Send one message and return the reply's text."""
-    reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
-    return reply.data.content or "" if reply else ""
+async def turn(opening: Awaitable[Any], prompt: str) -> tuple[str, str]:
+    """Open a session (create or resume), send one message, disconnect: its id and the reply."""
+    session = await asyncio.wait_for(opening, TIMEOUT_S)
+    try:
+        reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
+        return session.session_id, reply.data.content or "" if reply else ""
+    finally:  # disconnect() keeps the conversation on disk, in the user's folder
+        await asyncio.wait_for(session.disconnect(), TIMEOUT_S)
 
 
 async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) -> None:
     """The pattern, top to bottom."""
     link = RuntimeConnection.for_uri(url, connection_token=token)  # the token, on every client
-    c1, c2 = (
-        CopilotClient(mode="empty", connection=link),
-        CopilotClient(mode="empty", connection=link),
-    )
-    home = {user: str(tmp / "users" / user) for user in ("A", "B")}  # a folder per user
-    opts = dict(available_tools=[], **model)  # model= and provider= on every create and resume
+    c1, c2 = [CopilotClient(mode="empty", connection=link) for _ in range(2)]
+    home = {user: tmp / "users" / user for user in ("A", "B")}  # a folder per user
+    # available_tools on every create and resume in mode "empty"; model= and provider= too
+    a, b = (dict(config_directory=str(home[u]), available_tools=[], **model) for u in ("A", "B"))
     try:
         await connect(c1)
         await connect(c2)
-        a = await asyncio.wait_for(c1.create_session(config_directory=home["A"], **opts), TIMEOUT_S)
-        print(
-            f"C1, User A, session {a.session_id}:",
-            await ask(a, "Remember: the codename is AURORA-7."),
-        )
-        await asyncio.wait_for(
-            a.disconnect(), TIMEOUT_S
-        )  # the conversation stays on disk, in A's folder
-        assert Path(home["A"], "session-state", a.session_id, "events.jsonl").exists()
-        a2 = await asyncio.wait_for(
-            c2.resume_session(a.session_id, config_directory=home["A"], **opts), TIMEOUT_S
-        )
-        recalled = await ask(a2, "What is the codename?")
-        await asyncio.wait_for(a2.disconnect(), TIMEOUT_S)
+        sid, said = await turn(c1.create_session(**a), "Remember: the codename is AURORA-7.")
+        print(f"C1, User A, session {sid}:", said)
+        assert (home["A"] / "session-state" / sid / "events.jsonl").exists(), "in A's folder"
+        _, recalled = await turn(c2.resume_session(sid, **a), "What is the codename?")
         print("C2, User A, the same session resumed by id:", recalled)
         assert "AURORA-7" in recalled, "a second client resumes A's session with its history"
-        b = await asyncio.wait_for(c2.create_session(config_directory=home["B"], **opts), TIMEOUT_S)
-        other = await ask(b, "What is the codename?")
-        await asyncio.wait_for(b.disconnect(), TIMEOUT_S)
+        _, other = await turn(c2.create_session(**b), "What is the codename?")
         print("C2, User B, a session of B's own:", other)
         assert "AURORA-7" not in other, "User B's session knows nothing of A's"
         print("checked: another client resumed A's session by id; B's session is separate")
