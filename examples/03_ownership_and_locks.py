@@ -69,21 +69,19 @@ class Sessions:
         try:
             self.runtime_calls += 1
             start = time.monotonic()
-            if await self.check(user, sid) == 0:  # under the lock: one create, then resumes
-                session = await asyncio.wait_for(
-                    self.client.create_session(session_id=sid, **self.opts), TIMEOUT_S
-                )
-            else:
-                session = await asyncio.wait_for(
-                    self.client.resume_session(sid, **self.opts), TIMEOUT_S
-                )
+            first = await self.check(user, sid) == 0  # under the lock: one create, then resumes
+            opening = (
+                self.client.create_session(session_id=sid, **self.opts)
+                if first
+                else self.client.resume_session(sid, **self.opts)
+            )
+            session = await asyncio.wait_for(opening, TIMEOUT_S)
             try:
                 reply = await session.send_and_wait(prompt, timeout=TIMEOUT_S)
             finally:
                 await asyncio.wait_for(session.disconnect(), TIMEOUT_S)
-            await self.db.execute(
-                "UPDATE owners SET turns = turns + 1 WHERE session_id = ?", (sid,)
-            )
+            count = "UPDATE owners SET turns = turns + 1 WHERE session_id = ?"
+            await self.db.execute(count, (sid,))
             await self.db.commit()
             self.turns.append((start, time.monotonic()))
             return (reply.data.content or "") if reply else ""
@@ -114,10 +112,8 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
         print("alice's session:", sid)
         before = sessions.runtime_calls
         for user, target in [("bob", sid), ("alice", "alice-" + "0" * 32)]:
-            for attempt in (
-                sessions.ask(user, target, "What is the codename?"),
-                sessions.delete(user, target),
-            ):
+            asking = sessions.ask(user, target, "What is the codename?")
+            for attempt in (asking, sessions.delete(user, target)):
                 try:
                     await attempt
                     raise AssertionError(f"{user} was let into {target}")
