@@ -101,44 +101,43 @@ async def main(url: str, token: str | None, model: dict[str, Any], tmp: Path) ->
     """The pattern, top to bottom."""
     connection = RuntimeConnection.for_uri(url, connection_token=token)
     client = CopilotClient(mode="empty", connection=connection)
-    db = await aiosqlite.connect(tmp / "app.db", timeout=5)  # waits at most 5 s for a lock
-    await db.execute(
-        "CREATE TABLE owners (session_id TEXT PRIMARY KEY, owner TEXT, turns INTEGER DEFAULT 0)"
-    )
-    sessions, sid = Sessions(db, client, model), ""
-    try:
-        await connect(client)
-        sid = await sessions.create("alice")
-        print("alice's session:", sid)
-        before = sessions.runtime_calls
-        for user, target in [("bob", sid), ("alice", "alice-" + "0" * 32)]:
-            asking = sessions.ask(user, target, "What is the codename?")
-            for attempt in (asking, sessions.delete(user, target)):
-                try:
-                    await attempt
-                    raise AssertionError(f"{user} was let into {target}")
-                except NotYourSession as exc:
-                    print("refused:", exc)
-        assert sessions.runtime_calls == before, "the refusals never reached the runtime"
-        facts = ["Remember: the colour is TEAL-42.", "Remember: the fruit is PEAR-9."]
-        replies = await asyncio.gather(*(sessions.ask("alice", sid, fact) for fact in facts))
-        print("two turns at once:", replies)
-        (s1, e1), (s2, e2) = sessions.turns
-        assert e1 <= s2 or e2 <= s1, "the lock let one turn at a time into the session"
-        for question, value in [
-            ("What is the colour?", "TEAL-42"),
-            ("What is the fruit?", "PEAR-9"),
-        ]:
-            answer = await sessions.ask("alice", sid, question)
-            print(question, "->", answer)
-            assert value in answer, "both turns are in the session's history"
-        print("checked: ownership refused before the runtime; one turn at a time per session")
-    finally:
-        if sid:
-            with contextlib.suppress(NotYourSession):
-                await sessions.delete("alice", sid)
-        await asyncio.wait_for(client.stop(), TIMEOUT_S)
-        await db.close()
+    async with aiosqlite.connect(tmp / "app.db", timeout=5) as db:  # closed however main ends
+        await db.execute(
+            "CREATE TABLE owners (session_id TEXT PRIMARY KEY, owner TEXT, turns INTEGER DEFAULT 0)"
+        )
+        sessions, sid = Sessions(db, client, model), ""
+        try:
+            await connect(client)
+            sid = await sessions.create("alice")
+            print("alice's session:", sid)
+            before = sessions.runtime_calls
+            for user, target in [("bob", sid), ("alice", "alice-" + "0" * 32)]:
+                asking = sessions.ask(user, target, "What is the codename?")
+                for attempt in (asking, sessions.delete(user, target)):
+                    try:
+                        await attempt
+                        raise AssertionError(f"{user} was let into {target}")
+                    except NotYourSession as exc:
+                        print("refused:", exc)
+            assert sessions.runtime_calls == before, "the refusals never reached the runtime"
+            facts = ["Remember: the colour is TEAL-42.", "Remember: the fruit is PEAR-9."]
+            replies = await asyncio.gather(*(sessions.ask("alice", sid, fact) for fact in facts))
+            print("two turns at once:", replies)
+            (s1, e1), (s2, e2) = sessions.turns
+            assert e1 <= s2 or e2 <= s1, "the lock let one turn at a time into the session"
+            for question, value in [
+                ("What is the colour?", "TEAL-42"),
+                ("What is the fruit?", "PEAR-9"),
+            ]:
+                answer = await sessions.ask("alice", sid, question)
+                print(question, "->", answer)
+                assert value in answer, "both turns are in the session's history"
+            print("checked: ownership refused before the runtime; one turn at a time per session")
+        finally:
+            if sid:
+                with contextlib.suppress(NotYourSession):
+                    await sessions.delete("alice", sid)
+            await asyncio.wait_for(client.stop(), TIMEOUT_S)
 
 
 # --- Plumbing: the model, the runtime, child processes (the same in every example) ------------
@@ -148,9 +147,18 @@ class Missing(Exception):
 
 def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
     """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
-    with log.open("wb") as out:
-        proc = Popen(cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True)
-    stack.callback(stop, proc)
+    pending: list[int] = []  # Ctrl+C waits until the child is registered to be stopped
+    previous = signal.signal(signal.SIGINT, lambda sig, _: pending.append(sig))
+    try:
+        with log.open("wb") as out:
+            proc = Popen(
+                cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True
+            )
+        stack.callback(stop, proc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         if found := re.search(ready, log.read_text(errors="replace")):
@@ -218,7 +226,8 @@ async def connect(client: CopilotClient) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    # SIGTERM as Ctrl+C: asyncio.run then cancels main() at an await, and its finally cleans up
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))

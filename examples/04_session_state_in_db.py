@@ -177,37 +177,40 @@ async def main(runtimes: list[tuple[str, str]], model: dict[str, Any], tmp: Path
         )
         for url, token in runtimes
     ]
-    db = await aiosqlite.connect(tmp / "app.db", timeout=5)  # waits at most 5 s for a lock
-    for statement in SCHEMA:
-        await db.execute(statement)
-    opts = dict(available_tools=[], **model)
-    sid = f"alice-{secrets.token_hex(16)}"  # made by the application, owner recorded first
-    try:
-        for client in clients:
-            await connect(client)
-        await db.execute("INSERT INTO owners VALUES (?, ?)", (sid, "alice"))
-        await db.commit()
-        said = await ask(clients[0], db, sid, "Remember: the codename is AURORA-7.", **opts)
-        print(f"runtime 1, session {sid}: {said}")
-        rows = await (
-            await db.execute("SELECT path FROM files WHERE session_id = ?", (sid,))
-        ).fetchall()
-        state = sorted(r[0] for r in rows if r[0].startswith("/session-state/"))
-        print("the session's files, as rows of the application's database:", state)
-        assert ("/session-state/events.jsonl",) in rows, "the conversation is in the database"
-        recalled = await ask(clients[1], db, sid, "What is the codename?", **opts)
-        print(f"runtime 2, the same session resumed by id: {recalled}")
-        assert "AURORA-7" in recalled, "runtime 2 continued the conversation from the database"
-        on_disk = [p for home in ("runtime-1", "runtime-2") for p in (tmp / home).rglob(sid + "*")]
-        assert not on_disk, f"no runtime home holds the session: {on_disk}"
-        print("checked: created on runtime 1, resumed on runtime 2, stored only in the database")
-    finally:  # the SDK cannot delete such a session: it lives in our database, so we delete it
-        await db.execute("DELETE FROM files WHERE session_id = ?", (sid,))
-        await db.execute("DELETE FROM owners WHERE session_id = ?", (sid,))
-        await db.commit()
-        for client in clients:
-            await asyncio.wait_for(client.stop(), TIMEOUT_S)
-        await db.close()
+    async with aiosqlite.connect(tmp / "app.db", timeout=5) as db:  # closed however main ends
+        for statement in SCHEMA:
+            await db.execute(statement)
+        opts = dict(available_tools=[], **model)
+        sid = f"alice-{secrets.token_hex(16)}"  # made by the application, owner recorded first
+        try:
+            for client in clients:
+                await connect(client)
+            await db.execute("INSERT INTO owners VALUES (?, ?)", (sid, "alice"))
+            await db.commit()
+            said = await ask(clients[0], db, sid, "Remember: the codename is AURORA-7.", **opts)
+            print(f"runtime 1, session {sid}: {said}")
+            rows = await (
+                await db.execute("SELECT path FROM files WHERE session_id = ?", (sid,))
+            ).fetchall()
+            state = sorted(r[0] for r in rows if r[0].startswith("/session-state/"))
+            print("the session's files, as rows of the application's database:", state)
+            assert ("/session-state/events.jsonl",) in rows, "the conversation is in the database"
+            recalled = await ask(clients[1], db, sid, "What is the codename?", **opts)
+            print(f"runtime 2, the same session resumed by id: {recalled}")
+            assert "AURORA-7" in recalled, "runtime 2 continued the conversation from the database"
+            on_disk = [
+                p for home in ("runtime-1", "runtime-2") for p in (tmp / home).rglob(sid + "*")
+            ]
+            assert not on_disk, f"no runtime home holds the session: {on_disk}"
+            print(
+                "checked: created on runtime 1, resumed on runtime 2, stored only in the database"
+            )
+        finally:  # the SDK cannot delete such a session: it lives in our database, so we delete it
+            await db.execute("DELETE FROM files WHERE session_id = ?", (sid,))
+            await db.execute("DELETE FROM owners WHERE session_id = ?", (sid,))
+            await db.commit()
+            for client in clients:
+                await asyncio.wait_for(client.stop(), TIMEOUT_S)
 
 
 # --- Plumbing: the model, the runtime, child processes (the same in every example) ------------
@@ -217,9 +220,18 @@ class Missing(Exception):
 
 def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
     """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
-    with log.open("wb") as out:
-        proc = Popen(cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True)
-    stack.callback(stop, proc)
+    pending: list[int] = []  # Ctrl+C waits until the child is registered to be stopped
+    previous = signal.signal(signal.SIGINT, lambda sig, _: pending.append(sig))
+    try:
+        with log.open("wb") as out:
+            proc = Popen(
+                cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True
+            )
+        stack.callback(stop, proc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         if found := re.search(ready, log.read_text(errors="replace")):
@@ -286,7 +298,8 @@ async def connect(client: CopilotClient) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    # SIGTERM as Ctrl+C: asyncio.run then cancels main() at an await, and its finally cleans up
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))

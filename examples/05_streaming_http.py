@@ -254,9 +254,18 @@ class Missing(Exception):
 
 def spawn(stack: ExitStack, cmd: list[str], env: dict[str, str], log: Path, ready: str) -> str:
     """Start ``cmd`` in its own process group, stopped on exit; wait for ``ready`` in its log."""
-    with log.open("wb") as out:
-        proc = Popen(cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True)
-    stack.callback(stop, proc)
+    pending: list[int] = []  # Ctrl+C waits until the child is registered to be stopped
+    previous = signal.signal(signal.SIGINT, lambda sig, _: pending.append(sig))
+    try:
+        with log.open("wb") as out:
+            proc = Popen(
+                cmd, env=env, stdin=PIPE, stdout=out, stderr=STDOUT, start_new_session=True
+            )
+        stack.callback(stop, proc)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
     deadline = time.monotonic() + TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
         if found := re.search(ready, log.read_text(errors="replace")):
@@ -324,7 +333,8 @@ async def connect(client: CopilotClient) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up as Ctrl+C does
+    # SIGTERM as Ctrl+C: asyncio.run then cancels main() at an await, and its finally cleans up
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     logging.getLogger("copilot").setLevel(logging.CRITICAL)  # errors are raised and told here
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="copilot-example-")))

@@ -184,19 +184,22 @@ def test_example_runs_on_the_stand_in_and_on_the_peer(
 def interrupt(name: str, after: str, tmp_path: Path, sig: int) -> Run:
     """Run ``name`` on the stand-in and send it ``sig`` once ``after`` is printed."""
     marker, out = secrets.token_hex(8), tmp_path / "out"
+    after, _, offset = after.partition("+")  # "+S": S seconds after that moment
     proc = start(name, environment(marker), out)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while after not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
         if after == "(a child started)" and len(marked_processes(marker)) > 2:
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
+    time.sleep(float(offset or 0))
     assert proc.poll() is None, f"{name} ended before {after!r}: {out.read_text()}"
     os.kill(proc.pid, sig)
     return finish(proc, out, marker)
 
 
-# Where a signal lands: "(a child started)" while the model and the runtime start, else once that
-# line is printed ("checked:": in the clean-up). The suite takes three; EXAMPLES_SWEEP=1 takes every
+# Where a signal lands: "(a child started)" as the runtime's process appears (swept over the
+# next milliseconds: a child must be stopped even when the signal lands as it is being started),
+# else once that line is printed ("checked:": in the clean-up). The suite takes three; EXAMPLES_SWEEP=1 takes every
 # moment of every script with both signals (about 4 minutes):
 # `EXAMPLES_SWEEP=1 .venv/bin/python -m pytest tests/test_examples.py -k part_way`.
 MOMENTS = {
@@ -206,15 +209,17 @@ MOMENTS = {
     "04_session_state_in_db.py": ["(a child started)", "runtime 1, session", "checked:"],
     "05_streaming_http.py": ["(a child started)", "alice's session:", "asked again:"],
 }
+STARTING = ["(a child started)" + offset for offset in ("", "+0.001", "+0.003", "+0.01")]
 SHORT = [
     ("01_long_lived.py", "(a child started)", signal.SIGINT),
+    ("03_ownership_and_locks.py", "(a child started)+0.002", signal.SIGTERM),
     ("02_short_lived.py", "User A, session", signal.SIGTERM),  # between two requests
     ("05_streaming_http.py", "asked again:", signal.SIGINT),  # web server, a slow tool under way
 ]
 SWEEP = [
     (name, after, sig)
     for name, moments in MOMENTS.items()
-    for after in moments
+    for after in [*STARTING, *moments[1:]]
     for sig in (signal.SIGINT, signal.SIGTERM)
 ]
 
