@@ -200,7 +200,7 @@ def interrupt(name: str, after: str, tmp_path: Path, sig: int) -> Run:
 # Where a signal lands: "(a child started)" as the runtime's process appears (swept over the
 # next milliseconds: a child must be stopped even when the signal lands as it is being started),
 # else once that line is printed ("checked:": in the clean-up). The suite takes four;
-# EXAMPLES_SWEEP=1 takes every moment of every script with both signals (about 8 minutes):
+# EXAMPLES_SWEEP=1 takes every moment of every script with both signals (60 runs, about 3 minutes):
 # `EXAMPLES_SWEEP=1 .venv/bin/python -m pytest tests/test_examples.py -k part_way`.
 MOMENTS = {
     "01_long_lived.py": ["(a child started)", "C1, User A", "C2, User A"],
