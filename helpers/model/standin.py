@@ -293,3 +293,18 @@ def _usage(request: dict[str, Any], text: str) -> dict[str, int]:
     prompt = sum(len(content_text(m.get("content")).split()) for m in request.get("messages", []))
     answer = len(text.split())
     return {"prompt_tokens": prompt, "completion_tokens": answer, "total_tokens": prompt + answer}
+
+
+if __name__ == "__main__":
+    # `python -m helpers.model.standin [--port N]`: serve, print the base URL, stop at stdin's end
+    # (the parent closed it or exited) or Ctrl+C, so a parent's child never outlives it.
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the stand-in model on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0, help="0 (default): a free port")
+    with StandInModel(port=parser.parse_args().port) as served:
+        print(f"stand-in model on {served.base_url}", flush=True)
+        try:
+            sys.stdin.buffer.read()
+        except KeyboardInterrupt:
+            pass

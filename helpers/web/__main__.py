@@ -33,7 +33,11 @@ async def serve(args: argparse.Namespace) -> None:
 
     folder = run_dir("web")  # the runtime's home only: the data is in the database
     settings = Settings(
-        backend=args.backend, data=str(args.data), instance=args.instance, schema=args.schema
+        backend=args.backend,
+        data=str(args.data),
+        instance=args.instance,
+        schema=args.schema,
+        lease_ttl_s=args.lease_ttl_s,
     )
     web = await start_web(folder, settings, args.host, args.port)
     users = [user for user in args.users.split(",") if user]
@@ -119,6 +123,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", default="alice,bob", help="comma-separated user names")
     parser.add_argument("--drain-s", type=float, default=60.0, help="longest wait for turns")
     parser.add_argument("--instance", default="", help="this instance's stable name")
+    parser.add_argument(
+        "--lease-ttl-s", type=float, default=30.0, help="how long a stalled turn keeps its lease"
+    )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
     sub = parser.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
