@@ -245,3 +245,8 @@ def test_check_lists_every_problem_in_one_error_and_passes_clean_values() -> Non
         p.check("extra problem", None, A=(5, p.text()), B=(9, p.number(1, 3)))
     lines = str(failed.value).splitlines()
     assert lines[0] == "Bad parameter value(s):" and len(lines) == 4, lines
+
+
+def test_prepare_turns_counts_into_ints_after_the_check() -> None:
+    namespace = check_cell(NB03, USERS_AT_ONCE=8.0)
+    assert namespace["USERS_AT_ONCE"] == 8 and isinstance(namespace["USERS_AT_ONCE"], int)
