@@ -35,6 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import table  # noqa: E402
 from helpers.run import TMP, remove_dir, run_dir  # noqa: E402
+from helpers.runtime import transport  # noqa: E402
 from helpers.runtime.cpu import cpu_seconds  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
 from helpers.store import open_store  # noqa: E402
@@ -130,6 +131,7 @@ async def lockstep(places: list[Conversation], turns: int, chars: int) -> list[d
 async def bench(turns: int, chars: int, url: str) -> list[dict]:
     run = run_dir("bench-conversation")
     backend = choose_backend("local", env={})
+    transport.install()  # the fixed transport: TCP_NODELAY + TCP_QUICKACK on every client
     plain = start_server(backend, home=run / "plain")
     with_fs = start_server(backend, home=run / "with-fs")
     stores: dict = {}

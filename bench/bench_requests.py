@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/bench_requests.py [--requests 40] [--levels 1 16] [-
 
 naive, SDK default transport: notebook 02's request (create with file tools, send, disconnect,
 delete) on a client with both TCP options off (``transport.tuning(False)``). naive, fixed
-transport: the same on a client with TCP_NODELAY and TCP_QUICKACK (the helpers' default). fastest:
+transport: the same with TCP_NODELAY and TCP_QUICKACK (``transport.install()``). fastest:
 sessions prepared ahead on the fixed transport (``helpers/serving/pool.py``: tools defined once
 and routed by session id, one request per session, disconnect + delete in the background; each
 measurement ends when the last background delete is done, so that work counts against
@@ -50,6 +50,7 @@ FASTEST, FLOOR = "fastest (prepared ahead, fixed)", "floor (warm turn, kept sess
 async def main(requests: int, levels: list[int], prompt: str) -> None:
     backend = choose_backend("local", env={})
     home = remove_dir(TMP / "bench-home")
+    transport.install()  # the fixed transport: TCP_NODELAY + TCP_QUICKACK on every client
     server = start_server(backend, home=home)
     kwargs = backend.session_kwargs()
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}

@@ -23,6 +23,7 @@ from helpers.model.backends import choose_backend
 from helpers.notebook.display import table, text_of
 from helpers.notebook.request_timing import measure_requests
 from helpers.run import remove_dir, run_dir
+from helpers.runtime import transport
 from helpers.runtime.cpu import cpu_seconds
 from helpers.runtime.server import start_server
 from helpers.store.router import Router
@@ -79,6 +80,7 @@ async def point(runtimes: list, clients: dict, level: int, count: int, backend) 
 async def main(requests: int, levels: list[int]) -> None:
     run = run_dir("bench-scaling")
     backend = choose_backend("local", env={})
+    transport.install()  # the fixed transport: TCP_NODELAY + TCP_QUICKACK on every client
     servers = [start_server(backend, home=run / f"runtime-{n}") for n in (1, 2)]
     rows = []
     try:

@@ -27,6 +27,7 @@ from tqdm import tqdm  # noqa: E402
 from helpers.model.backends import choose_backend  # noqa: E402
 from helpers.notebook.display import text_of  # noqa: E402
 from helpers.run import TMP, remove_dir, run_dir  # noqa: E402
+from helpers.runtime import transport  # noqa: E402
 from helpers.runtime.cpu import rss_mb  # noqa: E402
 from helpers.runtime.server import start_server  # noqa: E402
 from helpers.tools.file_tools import ALLOWLIST, file_tools  # noqa: E402
@@ -43,6 +44,7 @@ def p95(values: list[float]) -> float:
 async def soak(requests: int, at_once: int, window: int, prompt: str) -> tuple[list, list]:
     run = run_dir("bench-soak")
     backend = choose_backend("local", env={})
+    transport.install()  # the fixed transport: TCP_NODELAY + TCP_QUICKACK on every client
     server = start_server(backend, home=run / "runtime")
     filesystems = {"A": VirtualFS("A"), "B": VirtualFS("B")}
     latencies: list[tuple[int, float]] = []

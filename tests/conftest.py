@@ -19,7 +19,12 @@ from copilot import CopilotClient
 from support import REPO_ROOT, our_runtime_processes
 
 from helpers.model.backends import Backend, choose_backend
+from helpers.runtime import transport
 from helpers.runtime.server import RuntimeServer, start_server
+
+# The suite's own clients run on the fixed transport, as the benches, the web service and
+# notebooks 03-07 do; notebooks 01-02 run in kernels of their own on the SDK as shipped.
+transport.install()
 
 __all__ = ["REPO_ROOT", "our_runtime_processes"]
 

@@ -144,3 +144,21 @@ async def test_delete_session_does_not_reach_a_config_directory(server, session_
         with pytest.raises(Exception, match="Session file not found"):
             await client.delete_session("proj")
     assert (user_dirs["a"] / "session-state" / "proj" / "events.jsonl").is_file()
+
+
+def test_the_shared_runtime_says_how_it_was_started_and_hides_its_token(capsys) -> None:
+    """Notebook 01's section 1: the command, the address and the log, the token as ***."""
+    from helpers.runtime.startup import shared_server
+
+    with choose_backend("local", env={}) as backend:
+        server = shared_server(backend, home=remove_dir(TMP / "test-shared-server"))
+        try:
+            said = capsys.readouterr().out
+        finally:
+            server.stop()
+            remove_dir(TMP / "test-shared-server")
+    assert "--headless --port 0 --no-auto-update" in said
+    assert f"listening on {server.url}" in said and "COPILOT_CONNECTION_TOKEN=***" in said
+    assert server.token and server.token not in said, "the token never reaches the output"
+    assert "a turn fails at once when its runtime dies" in said, "the SDK change is named"
+    assert len(said.strip().splitlines()) <= 5, said

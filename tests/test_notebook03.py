@@ -13,6 +13,7 @@ from test_notebooks import (
     streamed,
     with_solutions,
     with_stream_check,
+    within_an_hour,
 )
 
 pytestmark = pytest.mark.notebook
@@ -31,6 +32,7 @@ def test_notebook_03_with_solutions_and_other_parameters() -> None:
             ORPHAN_AGE_S=0.5,
         )
     streamed(nb)
+    within_an_hour(nb)
     text = outputs_text(nb)
     assert "ZEPHYR_42-X" in text and "AURORA-7" not in text
     assert "u3" in text and "u4 " not in text, "three users at once"

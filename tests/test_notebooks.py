@@ -15,6 +15,7 @@ import nbformat
 import papermill
 import pytest
 from support import REPO_ROOT, our_runtime_processes
+from walkthrough_time import LIMIT_MIN, SOLUTION, estimate
 
 from helpers.run import LOGS, RUNS, TMP
 
@@ -89,8 +90,21 @@ def with_solutions(name: str) -> nbformat.NotebookNode:
             details = cell.source.split("<details>", 1)[1]
             blocks += re.findall(r"```python\n(.*?)```", details, re.S)
     assert blocks, f"{name} should have exercises with solutions"
-    nb.cells += [nbformat.v4.new_code_cell(block) for block in blocks]
+    tagged = {"tags": [SOLUTION]}  # not the lesson's: the walk-through time leaves them out
+    nb.cells += [nbformat.v4.new_code_cell(block, metadata=tagged) for block in blocks]
     return nb
+
+
+def within_an_hour(executed: nbformat.NotebookNode) -> None:
+    """The executed notebook, run times included, takes at most LIMIT_MIN at a learner's pace."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"walkthrough-{secrets.token_hex(4)}.ipynb"
+    nbformat.write(executed, path)
+    try:
+        parts = estimate(path)
+    finally:
+        path.unlink()
+    assert parts["total"] <= LIMIT_MIN, f"{parts['total']:.1f} minutes at a learner's pace: {parts}"
 
 
 # How each notebook's "Try it yourself" panel is sent to from a cell, for the streaming check.
@@ -131,7 +145,8 @@ print(f"the panel's reply streamed in {{len(pieces)}} pieces")
 def with_stream_check(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """``nb`` with a last cell that sends through its panel and checks that the reply streamed:
     more than one piece, the text form growing piece by piece, then the whole answer."""
-    nb.cells.append(nbformat.v4.new_code_cell(STREAM_CHECK.format(send=PANEL_SENDS[name[:2]])))
+    check = STREAM_CHECK.format(send=PANEL_SENDS[name[:2]])
+    nb.cells.append(nbformat.v4.new_code_cell(check, metadata={"tags": [SOLUTION]}))
     return nb
 
 
@@ -260,6 +275,7 @@ def test_notebook_01_twice_at_once_with_solutions_other_parameters_and_a_canary(
     for log in set(LOGS.glob("*.log")) - logs_before:
         assert canary not in log.read_text(errors="replace"), f"canary leaked into {log.name}"
     assert canary not in text, "secret canary leaked into the executed notebook"
+    within_an_hour(solved)
 
 
 def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:
@@ -272,5 +288,11 @@ def test_notebook_02_twice_at_once_with_solutions_and_a_quoted_note() -> None:
     streamed(solved)
     solutions = printed(solved)
     assert "Refused" in line_after(solutions, "tool results the model saw:")
-    for i in range(5):  # each request of the burst has its row of timings
-        assert re.search(rf"^burst {i}\s+\d+", solutions, re.M), f"no costs for burst {i}"
+    assert re.search(r"^burst: one request alone \d+ ms, five at once \d+ ms$", solutions, re.M)
+    assert line_after(solutions, "the file was written with:") == (
+        "{'bare': True, 'custom:': True, '[]': False}"
+    )
+    assert re.search(
+        r"^median: \d+ ms to create and delete the session, \d+ ms", printed(odd), re.M
+    )
+    within_an_hour(solved)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.notebook
 # What each notebook must show on any model: its demonstrations ran, not only their skip lines.
 SHOWN = {
     "01": ["User A's session says", "restored session says"],
-    "02": ["tool results the model saw", "burst 4"],
+    "02": ["tool results the model saw", "burst: one request alone"],
     "03": [
         "gave up after",
         "a request was in flight when the drain began: True",

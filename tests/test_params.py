@@ -12,6 +12,7 @@ from conftest import REPO_ROOT
 
 from helpers.errors import ParameterError
 from helpers.notebook import params as p
+from helpers.notebook.prepare import check_parameters
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 NB01 = "01_multi_user_long_lived.ipynb"
@@ -41,7 +42,11 @@ def check_cell(name: str, **overrides: Any) -> dict[str, Any]:
     namespace: dict[str, Any] = {}
     exec("".join(cells[index]["source"]), namespace)
     namespace.update(overrides)
-    exec("".join(cells[index + 1]["source"]), namespace)
+    after = "".join(next(c for c in cells[index + 1 :] if c["cell_type"] == "code")["source"])
+    if "prepare(" in after:  # the check prepare() runs before it makes anything
+        check_parameters(namespace)
+    else:
+        exec(after, namespace)
     return namespace
 
 
@@ -68,10 +73,18 @@ def test_the_check_cell_comes_right_after_the_parameters_and_before_anything_sta
     cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
     assert "parameters" in next(c for c in cells if c["cell_type"] == "code")["metadata"]["tags"]
-    assert code[1].lstrip().startswith("from helpers.notebook import params as p"), code[1]
-    assert "p.check(" in code[1]
     for starts in ("run_dir(", "choose_backend(", "shared_server(", "start_server(", "start_web("):
         assert starts not in code[0] + code[1], f"{starts} runs before the check"
+    if "prepare(" in code[1]:  # imports, then the one line that checks and prepares the run
+        last = code[1].rstrip().splitlines()[-1]
+        assert re.match(rf'RUN = prepare\("{name[:2]}", globals\(\)\)', last), last
+        assert all(
+            line.startswith(("import ", "from ", " ", ")")) or not line.strip()
+            for line in code[1].rstrip().splitlines()[:-1]
+        ), "only imports before it"
+    else:
+        assert code[1].lstrip().startswith("from helpers.notebook import params as p"), code[1]
+        assert "p.check(" in code[1]
 
 
 def test_notebook_01_names_every_bad_value_at_once() -> None:
@@ -239,3 +252,8 @@ def test_check_lists_every_problem_in_one_error_and_passes_clean_values() -> Non
         p.check("extra problem", None, A=(5, p.text()), B=(9, p.number(1, 3)))
     lines = str(failed.value).splitlines()
     assert lines[0] == "Bad parameter value(s):" and len(lines) == 4, lines
+
+
+def test_prepare_turns_counts_into_ints_after_the_check() -> None:
+    namespace = check_cell(NB03, USERS_AT_ONCE=8.0)
+    assert namespace["USERS_AT_ONCE"] == 8 and isinstance(namespace["USERS_AT_ONCE"], int)

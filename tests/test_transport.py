@@ -1,4 +1,4 @@
-"""TCP_NODELAY and TCP_QUICKACK on the SDK's client socket: on by default, one switch, SDK-proof.
+"""TCP_NODELAY and TCP_QUICKACK on the SDK's client socket: opt-in, one switch, SDK-proof.
 
 These run against the real runtime. If an SDK upgrade renames the method we wrap, stops calling
 it, or changes where the socket and its reader live, a check here fails instead of every notebook
@@ -8,10 +8,14 @@ silently getting slower.
 from __future__ import annotations
 
 import inspect
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from copilot import CopilotClient
+from support import REPO_ROOT
 
 from helpers.runtime import transport
 
@@ -25,8 +29,39 @@ def quickack_flag(client: CopilotClient) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, transport.QUICKACK)  # type: ignore[arg-type]
 
 
+AS_SHIPPED = """
+import asyncio, socket
+from helpers.model.backends import choose_backend
+from helpers.runtime import transport
+from helpers.runtime.server import start_server
+
+async def main():
+    with choose_backend("local", env={}) as backend, start_server(backend) as server:
+        async with server.connect() as client:
+            sock = transport.client_socket(client)
+            nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            print("installed", transport.installed(), "nodelay", bool(nodelay))
+
+asyncio.run(asyncio.wait_for(main(), 60))
+"""
+
+
+def test_starting_a_runtime_leaves_the_sdk_as_shipped() -> None:
+    """Notebooks 01-02 teach the SDK as a learner installs it: only install() patches it."""
+    done = subprocess.run(
+        [sys.executable, "-c", AS_SHIPPED],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["installed", "False", "nodelay", "False"], done.stdout
+
+
 def test_the_sdk_still_connects_through_the_method_we_wrap(server) -> None:
-    assert transport.installed(), "start_server() should have wrapped CopilotClient's TCP connect"
+    assert transport.installed(), "conftest.py's transport.install() should have wrapped it"
     calls_it = inspect.getsource(CopilotClient._connect_to_server)
     assert "self._connect_via_tcp()" in calls_it, "the SDK no longer connects via _connect_via_tcp"
 

@@ -12,7 +12,10 @@ The method, stated so that anyone can redo it and argue with it:
   4 s each;
 - questions: 1 minute per end-of-notebook question.
 
-Default input: every ``tmp/executed/[0-9][0-9]_*.ipynb`` that ``./verify.sh`` wrote.
+Default input: every ``tmp/executed/[0-9][0-9]_*.ipynb`` that ``./verify.sh`` wrote. ``--sections``
+prints the minutes of each ``## `` section as well (what a shortened workshop path skips). A
+notebook over ``LIMIT_MIN`` is split or cut: tests/test_walkthrough.py checks the committed
+notebooks, and the notebook tests check their executed copies.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 WORDS_PER_MIN = 200
 CELL_S, LINE_S, EXERCISE_S, QUESTION_S = 20, 4, 300, 60
+LIMIT_MIN = 60
+SOLUTION = "solution"  # the tag of a cell a test appended to run an exercise's solution
 
 
 def prose_and_solutions(source: str) -> tuple[str, list[str]]:
@@ -41,10 +46,24 @@ def lines_of(code: str) -> int:
 
 
 def estimate(path: Path) -> dict[str, float]:
-    """Minutes per part for one executed notebook."""
-    nb = nbformat.read(path, as_version=4)
+    """Minutes per part for one notebook (executed: with its cells' run times)."""
+    return _minutes(nbformat.read(path, as_version=4).cells)
+
+
+def sections(path: Path) -> list[tuple[str, float]]:
+    """Each ``## `` section's title and minutes, in order (what comes before the first: "start")."""
+    parts: list[tuple[str, list]] = [("start", [])]
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("## "):
+            parts.append((cell.source.splitlines()[0][3:].strip(), []))
+        parts[-1][1].append(cell)
+    return [(title, _minutes(cells)["total"]) for title, cells in parts]
+
+
+def _minutes(cells: list) -> dict[str, float]:
     words = code_s = run_s = exercise_s = question_s = 0.0
-    for cell in nb.cells:
+    for cell in cells:
+        tags = cell.metadata.get("tags", [])
         if cell.cell_type == "markdown":
             prose, solutions = prose_and_solutions(cell.source)
             words += len(re.findall(r"\w+", prose))
@@ -52,9 +71,7 @@ def estimate(path: Path) -> dict[str, float]:
                 exercise_s += EXERCISE_S + LINE_S * sum(lines_of(s) for s in solutions)
             if cell.source.startswith("## Questions"):
                 question_s += QUESTION_S * len(re.findall(r"^\d+\.", cell.source, re.M))
-        elif cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get(
-            "tags", []
-        ):
+        elif cell.cell_type == "code" and not {"injected-parameters", SOLUTION} & set(tags):
             code_s += CELL_S + LINE_S * lines_of(cell.source)
             run_s += float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
     parts = {
@@ -68,7 +85,9 @@ def estimate(path: Path) -> dict[str, float]:
     return parts
 
 
-def main(paths: list[str]) -> None:
+def main(args: list[str]) -> None:
+    by_section = "--sections" in args
+    paths = [a for a in args if a != "--sections"]
     found = [Path(p) for p in paths] or sorted(
         (ROOT / "tmp" / "executed").glob("[0-9][0-9]_*.ipynb")
     )
@@ -79,6 +98,9 @@ def main(paths: list[str]) -> None:
     for path in found:
         parts = estimate(path)
         print(f"{path.name:<36}" + "".join(f"{parts[n]:>10.1f}" for n in names))
+        if by_section:
+            for title, minutes in sections(path):
+                print(f"    {minutes:5.1f}  {title}")
 
 
 if __name__ == "__main__":

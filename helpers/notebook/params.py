@@ -1,11 +1,11 @@
-"""Check a notebook's parameters right after its parameters cell, one message per bad value.
+"""The rules a notebook's parameters are checked by, one message per bad value.
 
 The rules every notebook shares are defined once at the bottom (``backend``, ``cli_url``,
-``codename``, ``session_id``, ``timeout``, ``boolean``), so a parameter has one rule and one message
-in every notebook. The check cell reads as a table, one ``NAME=(value, rule)`` per parameter; a
-pydantic model per notebook would list every bad field as well, but it would move the rules out of
-the cell into a class and word its messages as pydantic does ("Input should be ..."), without the
-fix (``-r`` for a number that must stay a string, which characters a codename may hold).
+``codename``, ``session_id``, ``timeout``, ``boolean``), and ``helpers/notebook/prepare.py`` names
+the rule of each parameter, so a parameter has one rule and one message in every notebook. A
+pydantic model per notebook would list every bad field as well, but it would word its messages as
+pydantic does ("Input should be ..."), without the fix (``-r`` for a number that must stay a
+string, which characters a codename may hold).
 """
 
 from __future__ import annotations

@@ -175,10 +175,9 @@ def attach_server(url: str, token: str | None = None) -> RuntimeServer:
         raise ValueError("attach_server needs a URL such as 127.0.0.1:4321")
     if token is None:
         token = os.environ.get("COPILOT_CONNECTION_TOKEN") or None
-    from helpers.runtime import transport, watchdog
+    from helpers.runtime import watchdog
 
     watchdog.install()
-    transport.install()
     return RuntimeServer(url=url, token=token)
 
 
@@ -190,11 +189,13 @@ def _launch(
     secret_values: list[str],
     timeout: float,
 ) -> RuntimeServer:
-    """Spawn the guard and the server under it; wait for the announced port."""
-    from helpers.runtime import transport, watchdog
+    """Spawn the guard and the server under it; wait for the announced port.
+
+    The SDK's transport stays as shipped: ``transport.install()`` is the caller's visible choice.
+    """
+    from helpers.runtime import watchdog
 
     watchdog.install()
-    transport.install()
     writable_dir(home)
     writable_dir(LOGS)
     log_path = LOGS / f"runtime-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}.log"

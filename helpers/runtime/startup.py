@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.model.backends import Backend
+from helpers.run import at_kernel_exit, relative
 from helpers.runtime.binary import expected_runtime_version, runtime_version
 from helpers.runtime.server import RuntimeServer, attach_server, start_server
 
 
 def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None) -> RuntimeServer:
-    """Start the runtime for ``backend`` (or attach to ``cli_url``); print one line about it.
+    """Start the runtime for ``backend`` (or attach to ``cli_url``); say how, in a few lines.
+
+    The runtime runs under a guard process that stops it with this kernel, logs to ``tmp/logs/``,
+    and is stopped (with ``backend``'s stand-in model) when the kernel exits.
 
     Args:
         backend: The model backend; its settings go into the runtime's environment.
@@ -22,18 +26,26 @@ def shared_server(backend: Backend, cli_url: str = "", home: Path | None = None)
     """
     if cli_url:
         server = attach_server(cli_url)
+        at_kernel_exit(backend.close)
         print(
-            f"Attached to the shared runtime at {server.url} "
-            f"(token: {'set' if server.token else 'none'})."
+            f"attached to the runtime at {server.url} (token: {'set' if server.token else 'none'})"
         )
+        print(sdk_changes())
         return server
     server = start_server(backend, home=home)
+    at_kernel_exit(server.stop, backend.close)
     installed, expected = runtime_version(), expected_runtime_version()
+    ours = sorted(name for name in server._added_env)
+    print(f"started: {' '.join([relative(Path(server.command[0])), *server.command[1:]])}")
     print(
-        f"Shared runtime {installed} (this SDK expects {expected}) listening on {server.url}, "
-        f"started in {server.startup_seconds:.2f} s; log: tmp/logs/{server.log_path.name}."
+        f"  with COPILOT_CONNECTION_TOKEN=*** COPILOT_HOME={relative(server.home or Path('.'))}"
+        + (f" and the backend's {', '.join(ours)}" if ours else "")
     )
-    print(server.describe())
+    print(
+        f"listening on {server.url} after {server.startup_seconds:.2f} s; "
+        f"log: {relative(server.log_path or Path('.'))}; it stops with this kernel"
+    )
+    print(sdk_changes())
     if expected and installed != expected:
         print(
             f"Warning: runtime {installed} is not the one this SDK was built for ({expected}); "
@@ -70,13 +82,13 @@ def sdk_changes() -> str:
     options += ["one write per message"] * bool(tcp.get("buffered"))
     if tcp["installed"] and options:
         changes.append(
-            f"{', '.join(options)} on every client's socket (transport: otherwise a message "
-            "can wait about 40 ms for an ACK; notebook 06 measures it)"
+            f"{', '.join(options)} on every client's socket (transport.install(); notebook 06 "
+            "explains)"
         )
     if watchdog._state["installed"]:
         changes.append(
-            "a turn fails at once when its runtime dies, and start() has a timeout (watchdog: "
-            "otherwise the turn waits out its whole timeout)"
+            "a turn fails at once when its runtime dies, and start() has a timeout (watchdog; "
+            "the SDK alone waits out the turn's timeout)"
         )
     if not changes:
         return "The helpers change nothing in the SDK in this process."

@@ -1,4 +1,4 @@
-"""TCP options on the SDK's connection to the runtime: TCP_NODELAY and TCP_QUICKACK, on by default.
+"""TCP options on the SDK's connection to the runtime: TCP_NODELAY and TCP_QUICKACK, opt-in.
 
 ``RuntimeConnection.for_uri`` makes the SDK open a plain ``socket.create_connection`` and write
 each JSON-RPC message as two sends (a header, then the body). With Nagle's algorithm on (the
@@ -9,9 +9,10 @@ message can wait for *our* ACK, which Linux delays by up to 40 ms; ``TCP_NODELAY
 there (it governs what we send). ``TCP_QUICKACK`` makes the kernel ACK at once, but Linux clears
 it again, so it is re-armed after every read.
 
-``install()`` wraps the SDK's ``CopilotClient._connect_via_tcp`` once per process (the helpers call
-it whenever they start or attach to a runtime): every client connected afterwards gets both
-options (TCP_QUICKACK on Linux only). ``set_tuning(False)`` is the one switch that turns both off
+``install()`` wraps the SDK's ``CopilotClient._connect_via_tcp`` once per process; nothing calls it
+behind the reader's back (notebooks 01-02 run the SDK as shipped; 03-07 and the web service call
+it in one visible line): every client connected afterwards gets both options (TCP_QUICKACK on
+Linux only). ``set_tuning(False)`` is the one switch that turns both off
 for the process; ``tuning(False)`` does it for the clients started inside a block, and
 ``nodelay(False)`` / ``quickack(False)`` switch one option off there, to measure each stall.
 

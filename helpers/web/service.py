@@ -132,6 +132,7 @@ class Service:
         """Start the model backend, the runtime, the store and a client; fill the pool."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.backend = choose_backend(self.settings.backend)
+        transport.install()
         transport.enable_quickack()
         if self.settings.cli_url:
             self.server = attach_server(self.settings.cli_url)
