@@ -321,7 +321,7 @@ def drive_panel(page, name: str) -> list[str]:
         assert "refused" in b and a_id in b, f"B must be refused A's session: {b}"
         assert codename not in b.lower(), f"the refusal must not leak A's conversation: {b}"
         return [a, b]
-    if name.startswith("05_"):
+    if name.startswith(("04_", "05_")):
         codename = codename_of(name).lower()
         a = send(page, "A", "What is the codename?")
         assert codename in a.split("reply:", 1)[1].lower(), f"A's session knows it: {a}"

@@ -33,8 +33,13 @@ def test_notebook_04_on_sqlite_with_other_values_and_the_solution(
     monkeypatch.delenv("DATABASE_URL", raising=False)
     with leaves_nothing(NB04):
         nb = execute(
-            NB04, source=with_solutions(NB04), tag="sqlite-", CODENAME="zephyr_42-X", COST_ROUNDS=2
+            NB04,
+            source=with_stream_check(with_solutions(NB04), NB04),
+            tag="sqlite-",
+            CODENAME="zephyr_42-X",
+            COST_ROUNDS=2,
         )
+    streamed(nb)
     text = outputs_text(nb)
     assert "SQLite file tmp/runs/04-" in text and "AURORA-7" not in text
     assert "User A's session: user-a-" in text

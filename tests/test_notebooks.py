@@ -112,6 +112,7 @@ PANEL_SENDS = {
     "01": 'panel.send("A", "What is the codename?")',
     "02": 'panel.send("A", "List my files.")',
     "03": 'panel.send_to("A", a_id, "What is the codename?")',
+    "04": 'panel.send("A", "What is the codename?")',
     "05": 'panel.send("A", "What is the codename?")',
     "06": 'panel.send("A", "List my files.")',
 }
