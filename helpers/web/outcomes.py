@@ -101,15 +101,22 @@ def _digest(text: str) -> str:
 
 
 async def claim(
-    store: SessionStore, user: str, conversation: str, key: str, text: str, stale_s: float
+    store: SessionStore,
+    user: str,
+    conversation: str,
+    key: str,
+    text: str,
+    stale_s: float,
+    label: str = "",
 ) -> Claim:
     """Take ``key`` for this send, or say what its earlier send did (``KeyReused``: other text).
 
     A run that ended failed, or that has run longer than ``stale_s`` (its process is gone), is
-    taken over by this send.
+    taken over by this send. ``label`` (the instance's name) starts the holder, so that a
+    restarted instance can find the runs its previous process left (``orphan_claims_of``).
     """
     ident = (user, conversation, key)
-    holder, now = secrets.token_hex(8), time.time()
+    holder, now = f"{label}#{secrets.token_hex(8)}", time.time()
     _, added = await store.execute(
         "INSERT INTO web_idempotency (user_id, conversation, idem_key, digest, state, holder, "
         "created) VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT DO NOTHING",
@@ -179,6 +186,21 @@ async def outcome(
         await asyncio.sleep(POLL_S)
     message = "the first send with this Idempotency-Key did not end in time: retry with the key"
     return [("error", {"error": "timeout", "message": message})]
+
+
+async def orphan_claims_of(store: SessionStore, label: str) -> int:
+    """Mark the runs still ``running`` under ``label`` as stale; return how many.
+
+    Only for this instance's own label at start: its previous process is gone, so a retry of one
+    of those sends need not wait ``stale_s``; it reads the store back and takes the key over.
+    """
+    prefix = label + "#"
+    _, changed = await store.execute(
+        "UPDATE web_idempotency SET created = 0 WHERE state = 'running' "
+        "AND substr(holder, 1, ?) = ?",
+        (len(prefix), prefix),
+    )
+    return changed
 
 
 async def forget(store: SessionStore, conversation: str) -> None:
