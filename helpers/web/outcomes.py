@@ -94,6 +94,7 @@ class Claim:
     since: float = 0.0  # when this claim's run began (UNIX time)
     events: list[tuple[str, dict[str, Any]]] | None = None
     taken_over: bool = False  # a run of an earlier process that never finished: read back first
+    first_since: float = 0.0  # when the key's first run began (what a read-back looks after)
 
 
 def _digest(text: str) -> str:
@@ -132,7 +133,7 @@ async def claim(
     digest, state, old, result, created = rows[0]
     if digest != _digest(text):
         raise KeyReused("this Idempotency-Key was used before with another message")
-    stale = state == "running" and created < now - stale_s
+    stale = state == "orphaned" or (state == "running" and created < now - stale_s)
     if state == "done":
         return Claim(state, old, created, [tuple(e) for e in json.loads(result)])
     if state == "failed" or stale:
@@ -142,7 +143,7 @@ async def claim(
             (holder, now, *ident, old),
         )
         if taken == 1:
-            return Claim("new", holder, now, taken_over=stale)
+            return Claim("new", holder, now, taken_over=stale, first_since=created)
     return Claim("running", old, created)
 
 
@@ -189,14 +190,14 @@ async def outcome(
 
 
 async def orphan_claims_of(store: SessionStore, label: str) -> int:
-    """Mark the runs still ``running`` under ``label`` as stale; return how many.
+    """Mark the runs still ``running`` under ``label`` as orphaned; return how many.
 
     Only for this instance's own label at start: its previous process is gone, so a retry of one
     of those sends need not wait ``stale_s``; it reads the store back and takes the key over.
     """
     prefix = label + "#"
     _, changed = await store.execute(
-        "UPDATE web_idempotency SET created = 0 WHERE state = 'running' "
+        "UPDATE web_idempotency SET state = 'orphaned' WHERE state = 'running' "
         "AND substr(holder, 1, ?) = ?",
         (len(prefix), prefix),
     )

@@ -403,7 +403,8 @@ class Service:
         if took.state == "running":
             return _replay(outcome(self.store, user, conversation, key, stale_s))
         if took.taken_over:  # its process ended mid-turn: was the turn stored before it did?
-            reply = await self._stored(stored_reply(self.store, conversation, text, "", took.since))
+            since = took.first_since - 1.0  # the earlier run's message, not only this one's
+            reply = await self._stored(stored_reply(self.store, conversation, text, "", since))
             if reply is not None:
                 events: list[Event] = [("message", {"text": reply})]
                 await self._stored(record(self.store, user, conversation, key, took.holder, events))
