@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -56,6 +57,12 @@ READY_LINE = "Ctrl+C drains"  # what the service prints once it serves and the t
 FAULTS = ("restart", "kill", "pg-freeze", "runtime-freeze")
 
 
+def _die_with_parent() -> None:
+    """In the child: be killed when this script dies, even by ``kill -9`` (Linux's PDEATHSIG);
+    the service's runtime then dies with it (its guard)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Instance:
     """``python -m helpers.web`` on a port and a data folder of its own, as an operator runs it."""
 
@@ -82,7 +89,7 @@ class Instance:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
