@@ -57,3 +57,13 @@ def test_the_long_conversation_smoke() -> None:
         r"PostgreSQL turn (\d+\.\d\dx|skipped) local, growth \d+\.\d\dx",
         lines[-1],
     )
+
+
+def test_the_fault_run_smoke() -> None:
+    """The service killed (-9) under load and started again: every turn reported done is stored
+    once, in order (the script exits 1 otherwise)."""
+    lines = run(
+        "web_faults.py", "--faults", "kill", "--engine", "sqlite", "--users", "2", "--seconds", "6"
+    )
+    assert lines[-1] == "goal 0 lost, 0 doubled, 0 forks: met", lines[-6:]
+    assert re.match(r"kill +SQLite +[1-9]\d* ", lines[-2]), lines[-6:]

@@ -322,21 +322,29 @@ def server(data: Path, env: dict[str, str]) -> Iterator[Server]:
         time.sleep(0.5)  # the guard stops the runtime's group when its parent is gone
 
 
-def _cut(http: httpx.Client, cid: str, text: str) -> None:
+def _cut(http: httpx.Client, cid: str, text: str, key: str = "") -> None:
     """Send one message whose turn the test cuts (the connection breaks: that is expected)."""
     with contextlib.suppress(httpx.HTTPError):
-        _say(http, cid, text)
+        _say(http, cid, text, key)
 
 
-def _say(http: httpx.Client, cid: str, text: str) -> str:
+def _say(http: httpx.Client, cid: str, text: str, key: str = "") -> str:
     """Send one message; the last SSE event's kind ("message" when the turn was stored)."""
-    response = http.post(f"/conversations/{cid}/messages", json={"text": text})
+    headers = {"Idempotency-Key": key} if key else {}
+    response = http.post(f"/conversations/{cid}/messages", json={"text": text}, headers=headers)
     kinds = [line[6:].strip() for line in response.text.splitlines() if line.startswith("event:")]
     return kinds[-1] if kinds else f"HTTP {response.status_code}"
 
 
 def _texts(http: httpx.Client, cid: str) -> list[str]:
     return [m["text"] for m in http.get(f"/conversations/{cid}/messages").json()["messages"]]
+
+
+def _answered(http: httpx.Client, cid: str) -> list[str]:
+    """The user messages that a reply follows."""
+    said = http.get(f"/conversations/{cid}/messages").json()["messages"]
+    pairs = zip(said, said[1:], strict=False)
+    return [m["text"] for m, after in pairs if m["role"] == "user" and after["role"] == "assistant"]
 
 
 def _ids(http: httpx.Client) -> list[str]:
@@ -376,14 +384,22 @@ def test_a_restart_keeps_conversations_files_and_tokens_and_frees_its_own_leases
             assert "Remember: the codename is HERON." in _texts(http, cid)
             assert _files(http) == {"plan.md", "todo.md"}
 
-            cut = threading.Thread(target=_cut, args=(http, cid, "Wait 20 seconds, then say hi."))
+            cut_text = "Wait 4 seconds, then say hi."
+            cut = threading.Thread(target=_cut, args=(http, cid, cut_text, "key-1"))
             cut.start()
-            time.sleep(2.0)  # the turn runs: its lease is held
+            time.sleep(2.0)  # the turn runs: its lease and its Idempotency-Key are held
             web.stop(signal.SIGKILL)  # kill -9 mid-turn
             cut.join(30)
 
             http = web.start()
             assert _ids(http) == [cid]
+            started = time.monotonic()  # the client retries the cut send with its key
+            assert _say(http, cid, cut_text, "key-1") == "message"
+            took = time.monotonic() - started
+            assert took < 15, f"the retry waited {took:.1f} s for the killed process's send"
+            # The killed process may have stored the message before it died (without a reply);
+            # the turn that answers it is stored once.
+            assert _answered(http, cid).count(cut_text) == 1, "the retried send answered once"
             started = time.monotonic()
             assert _say(http, cid, "What is the codename?") == "message"
             took = time.monotonic() - started

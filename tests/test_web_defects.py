@@ -27,6 +27,7 @@ from web_fixture import ServiceThread
 
 from helpers.store.session_fs import stored_events
 from helpers.web.client import Caller, Reply
+from helpers.web.outcomes import orphan_claims_of
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -481,3 +482,29 @@ def test_a_keyed_send_whose_caller_hung_up_runs_on_for_its_retry(web, token) -> 
     assert status == 200 and events[-1][0] == "message", events[-1:]
     assert "OSPREY-9" in events[-1][1]["text"]
     assert stored_turns(web, cid, text) == 1
+
+
+def test_a_send_stored_by_a_process_that_died_before_recording_it_is_not_run_again(
+    web, token
+) -> None:
+    """A process killed after the turn was stored but before its key's outcome was: the restarted
+    instance marks that run orphaned, and the client's retry finds the stored reply, not a new
+    turn (the read-back must look from when the first run began, not from the retry)."""
+    cid = new_conversation(web, token)
+    text = "Remember: the codename is PLOVER-2."
+    status, first = send(web, token, cid, text, "died-1")
+    assert status == 200 and first[-1][0] == "message", first
+    time.sleep(1.5)  # the retry comes later than the margin the read-back allows for clocks
+    store = web.service.store
+    # What the killed process left: the turn stored, its key still "running" under its holder.
+    web.call(
+        store.execute(
+            "UPDATE web_idempotency SET state = 'running', result = NULL, holder = ? "
+            "WHERE conversation = ? AND idem_key = ?",
+            (f"{web.service.holder}#gone", cid, "died-1"),
+        )
+    )
+    assert web.call(orphan_claims_of(store, web.service.holder)) == 1  # what start() does
+    status, again = send(web, token, cid, text, "died-1")
+    assert status == 200 and again[-1] == first[-1], (again[-1:], first[-1:])
+    assert stored_turns(web, cid, text) == 1, "the retry ran the stored turn again"

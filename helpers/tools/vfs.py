@@ -41,15 +41,7 @@ class VirtualFS:
 
     def write(self, path: str, content: str) -> str:
         """Create or replace a file; returns a one-line confirmation."""
-        clean = check_path(path)
-        if not isinstance(content, str):
-            raise VfsError("The content must be text.")
-        size = len(content.encode("utf-8"))
-        if size > self.max_file_bytes:
-            raise VfsError(
-                f"Refused: {clean} would be {size} bytes; "
-                f"the limit is {self.max_file_bytes} bytes per file."
-            )
+        clean, size = check_file(path, content, self.max_file_bytes)
         with self._lock:
             if clean not in self._files and len(self._files) >= self.max_files:
                 raise VfsError(
@@ -117,3 +109,16 @@ def check_path(path: object) -> str:
     if path != path.strip():
         raise VfsError("Refused: the path starts or ends with spaces.")
     return path
+
+
+def check_file(path: object, content: object, max_bytes: int) -> tuple[str, int]:
+    """The cleaned path and the size in bytes of a file about to be written, or ``VfsError``."""
+    clean = check_path(path)
+    if not isinstance(content, str):
+        raise VfsError("The content must be text.")
+    size = len(content.encode("utf-8"))
+    if size > max_bytes:
+        raise VfsError(
+            f"Refused: {clean} would be {size} bytes; the limit is {max_bytes} bytes per file."
+        )
+    return clean, size

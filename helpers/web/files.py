@@ -17,7 +17,7 @@ from copilot.tools import Tool, ToolInvocation, ToolResult
 from helpers.errors import StoreDown, VfsError
 from helpers.store.base import SessionStore
 from helpers.tools.file_tools import NO_FILES, define_file_tools, failure
-from helpers.tools.vfs import MAX_FILE_BYTES, MAX_FILES, check_path
+from helpers.tools.vfs import MAX_FILE_BYTES, MAX_FILES, check_file, check_path
 
 
 class UserFiles:
@@ -47,15 +47,7 @@ class UserFiles:
 
     async def write(self, path: str, content: str) -> str:
         """Create or replace a file (committed before this returns); a one-line confirmation."""
-        clean = check_path(path)
-        if not isinstance(content, str):
-            raise VfsError("The content must be text.")
-        size = len(content.encode("utf-8"))
-        if size > self.max_file_bytes:
-            raise VfsError(
-                f"Refused: {clean} would be {size} bytes; "
-                f"the limit is {self.max_file_bytes} bytes per file."
-            )
+        clean, size = check_file(path, content, self.max_file_bytes)
         # One statement: the row goes in only while the user has fewer files than the limit
         # (or the path is already one of them), so a refused write changes nothing.
         now = time.time()

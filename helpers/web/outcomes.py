@@ -94,6 +94,7 @@ class Claim:
     since: float = 0.0  # when this claim's run began (UNIX time)
     events: list[tuple[str, dict[str, Any]]] | None = None
     taken_over: bool = False  # a run of an earlier process that never finished: read back first
+    first_since: float = 0.0  # when the key's first run began (what a read-back looks after)
 
 
 def _digest(text: str) -> str:
@@ -101,15 +102,22 @@ def _digest(text: str) -> str:
 
 
 async def claim(
-    store: SessionStore, user: str, conversation: str, key: str, text: str, stale_s: float
+    store: SessionStore,
+    user: str,
+    conversation: str,
+    key: str,
+    text: str,
+    stale_s: float,
+    label: str = "",
 ) -> Claim:
     """Take ``key`` for this send, or say what its earlier send did (``KeyReused``: other text).
 
     A run that ended failed, or that has run longer than ``stale_s`` (its process is gone), is
-    taken over by this send.
+    taken over by this send. ``label`` (the instance's name) starts the holder, so that a
+    restarted instance can find the runs its previous process left (``orphan_claims_of``).
     """
     ident = (user, conversation, key)
-    holder, now = secrets.token_hex(8), time.time()
+    holder, now = f"{label}#{secrets.token_hex(8)}", time.time()
     _, added = await store.execute(
         "INSERT INTO web_idempotency (user_id, conversation, idem_key, digest, state, holder, "
         "created) VALUES (?, ?, ?, ?, 'running', ?, ?) ON CONFLICT DO NOTHING",
@@ -125,7 +133,7 @@ async def claim(
     digest, state, old, result, created = rows[0]
     if digest != _digest(text):
         raise KeyReused("this Idempotency-Key was used before with another message")
-    stale = state == "running" and created < now - stale_s
+    stale = state == "orphaned" or (state == "running" and created < now - stale_s)
     if state == "done":
         return Claim(state, old, created, [tuple(e) for e in json.loads(result)])
     if state == "failed" or stale:
@@ -135,7 +143,7 @@ async def claim(
             (holder, now, *ident, old),
         )
         if taken == 1:
-            return Claim("new", holder, now, taken_over=stale)
+            return Claim("new", holder, now, taken_over=stale, first_since=created)
     return Claim("running", old, created)
 
 
@@ -179,6 +187,21 @@ async def outcome(
         await asyncio.sleep(POLL_S)
     message = "the first send with this Idempotency-Key did not end in time: retry with the key"
     return [("error", {"error": "timeout", "message": message})]
+
+
+async def orphan_claims_of(store: SessionStore, label: str) -> int:
+    """Mark the runs still ``running`` under ``label`` as orphaned; return how many.
+
+    Only for this instance's own label at start: its previous process is gone, so a retry of one
+    of those sends need not wait ``stale_s``; it reads the store back and takes the key over.
+    """
+    prefix = label + "#"
+    _, changed = await store.execute(
+        "UPDATE web_idempotency SET state = 'orphaned' WHERE state = 'running' "
+        "AND substr(holder, 1, ?) = ?",
+        (len(prefix), prefix),
+    )
+    return changed
 
 
 async def forget(store: SessionStore, conversation: str) -> None:

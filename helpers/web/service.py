@@ -52,7 +52,16 @@ from helpers.web.db import (
     stored_orphans,
 )
 from helpers.web.files import UserFiles, stored_file_tools
-from helpers.web.outcomes import Claim, KeyReused, claim, outcome, record, release, stored_reply
+from helpers.web.outcomes import (
+    Claim,
+    KeyReused,
+    claim,
+    orphan_claims_of,
+    outcome,
+    record,
+    release,
+    stored_reply,
+)
 from helpers.web.outcomes import forget as forget_keys
 from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn
 
@@ -148,6 +157,7 @@ class Service:
             # We are this instance: the leases its previous process held are ours to give back
             # (that process is gone), so its conversations' next turns need not wait the TTL.
             self.freed = await free_leases_of(self.store, self.holder)
+            await orphan_claims_of(self.store, self.holder)  # and the sends it was running
             await self._connect()
         except BaseException:
             self._unlock()
@@ -385,13 +395,16 @@ class Service:
             self.begin(user)
             return self.send(user, conversation, text).events()
         stale_s = self.settings.turn_timeout_s + self.settings.lease_ttl_s + DISCONNECT_S + 10
-        took = await self._stored(claim(self.store, user, conversation, key, text, stale_s))
+        took = await self._stored(
+            claim(self.store, user, conversation, key, text, stale_s, self.holder)
+        )
         if took.events is not None:
             return _replay(took.events)
         if took.state == "running":
             return _replay(outcome(self.store, user, conversation, key, stale_s))
         if took.taken_over:  # its process ended mid-turn: was the turn stored before it did?
-            reply = await self._stored(stored_reply(self.store, conversation, text, "", took.since))
+            since = took.first_since - 1.0  # the earlier run's message, not only this one's
+            reply = await self._stored(stored_reply(self.store, conversation, text, "", since))
             if reply is not None:
                 events: list[Event] = [("message", {"text": reply})]
                 await self._stored(record(self.store, user, conversation, key, took.holder, events))
