@@ -255,3 +255,68 @@ def _say(http: httpx.Client, cid: str, text: str) -> list[tuple[str, str]]:
         elif line.startswith("data:"):
             events.append((kind, line.split(":", 1)[1].strip()))
     return events
+
+
+FREEZE_S = 12.0  # longer than a bounded turn's end, so a turn that waits out the stall is seen
+
+
+@pytest.mark.postgres
+@pytest.mark.runtime
+def test_a_send_in_flight_when_postgresql_freezes_ends_within_seconds_with_store_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn running when the database stalls ends with ``store_down`` while it still stalls."""
+    server = start_postgres()
+    monkeypatch.setenv("DATABASE_URL", server.url)
+    web = None
+    try:
+        web = ServiceThread(Settings(schema=f"t_{secrets.token_hex(4)}", lease_ttl_s=15.0))
+        token = web.call(web.service.tokens.issue("A"))
+        headers = {"Authorization": f"Bearer {token}"}
+        slow = "Wait 3 seconds, then tell me a story about a heron."
+        with httpx.Client(base_url=web.url, timeout=30, headers=headers) as http:
+            cid = http.post("/conversations").json()["id"]
+            assert _say(http, cid, "Remember: the codename is HERON.")[-1][0] == "message"
+            ended: dict[str, object] = {}
+
+            def send() -> None:
+                with httpx.Client(base_url=web.url, timeout=40, headers=headers) as client:
+                    events = _say(client, cid, slow)
+                ended["at"], ended["events"] = time.monotonic(), events
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            time.sleep(1.0)  # the turn is with the model (it waits 3 s) when the database stops
+            with server.frozen():
+                froze = time.monotonic()
+                sender.join(FREEZE_S)
+                time.sleep(max(0.0, froze + FREEZE_S - time.monotonic()))  # the whole stall
+                thawed = time.monotonic()
+            sender.join(40)
+            assert "at" in ended, "the send never ended"
+            took = float(ended["at"]) - froze  # type: ignore[arg-type]
+            events = ended["events"]
+            print(f"the send ended {took:.2f} s after the freeze: {events[-1]}")  # noqa: T201
+            assert took < 6.0 and float(ended["at"]) < thawed, f"it waited {took:.2f} s"  # type: ignore[arg-type]
+            kind, data = events[-1]  # type: ignore[index]
+            assert kind == "error" and '"store_down"' in data, events
+            assert '"stored": true' not in data, data
+            started = time.monotonic()
+            while http.get("/ready").status_code != 200:
+                assert time.monotonic() - started < 15, "no recovery within 15 s"
+                time.sleep(0.2)
+            deadline = time.monotonic() + 40  # the lease is given back once the database answers
+            while (last := _say(http, cid, "What is the codename?"))[-1][0] != "message":
+                assert time.monotonic() < deadline, f"the conversation never served again: {last}"
+                time.sleep(1.0)
+            print(f"served again {time.monotonic() - thawed:.2f} s after SIGCONT")  # noqa: T201
+            texts = [
+                m["text"] for m in http.get(f"/conversations/{cid}/messages").json()["messages"]
+            ]
+            assert texts.count("Remember: the codename is HERON.") == 1, texts
+            assert texts.count(slow) <= 1, f"the cut turn was doubled: {texts}"
+            assert texts[-1] != slow and "What is the codename?" in texts, texts
+    finally:
+        if web is not None:
+            web.stop()
+        server.stop()

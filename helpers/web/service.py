@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from copilot import CopilotClient
 from copilot.session import CopilotSession
@@ -63,7 +63,7 @@ from helpers.web.outcomes import (
     stored_reply,
 )
 from helpers.web.outcomes import forget as forget_keys
-from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn
+from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn, error_code
 
 NO_TURN = ("not_found", "busy", "draining")  # failures that come before the turn reaches the model
 READ_BACK_S = 5.0  # how long reading a failed turn back from the store may take
@@ -436,12 +436,18 @@ class Service:
                 try:
                     async with self._lease(conversation) as lease:
                         holder = lease.holder if lease is not None else None
-                        session = await self._open(user, conversation, lease)
+                        session = await self._open(user, conversation, lease, turn.store_failed)
                         try:
                             yield session
                         finally:  # a cancelled caller cannot cut it (notebook 04's finish)
+                            # The runtime flushes the turn's writes first: after a store failure
+                            # (the reader already told) that lasts as long as the database stalls,
+                            # and no next turn may open the session before it ends (the lease).
+                            wait_s = DISCONNECT_S
+                            if turn.store_failed.is_set():
+                                wait_s = max(DISCONNECT_S, self.settings.lease_ttl_s)
                             with contextlib.suppress(Exception):
-                                await finish(asyncio.wait_for(session.disconnect(), DISCONNECT_S))
+                                await finish(asyncio.wait_for(session.disconnect(), wait_s))
                 except BaseException:
                     if holder is not None:
                         await finish(self._let_go(conversation, holder))
@@ -527,10 +533,13 @@ class Service:
             return contextlib.nullcontext()
         return self.locks.turn(conversation, self.settings.turn_timeout_s)
 
-    async def _open(self, user: str, conversation: str, lease: Lease | None) -> CopilotSession:
-        """Create or resume the conversation; its writes fenced on the request's ``lease``."""
+    async def _open(
+        self, user: str, conversation: str, lease: Lease | None, failed: asyncio.Event
+    ) -> CopilotSession:
+        """Create or resume the conversation; its writes fenced on the request's ``lease``; a
+        failed store call of the session's files sets ``failed``."""
         options = dict(
-            create_session_fs_handler=store_fs(self.store, lease=lease),
+            create_session_fs_handler=store_fs(watched(self.store, failed), lease=lease),
             streaming=True,
             tools=self.conversation_tools,
             available_tools=[f"custom:{tool.name}" for tool in self.conversation_tools],
@@ -633,6 +642,29 @@ class Service:
         self._turns.add(turn)
         turn.task.add_done_callback(lambda _: self._turns.discard(turn))
         return turn
+
+
+def watched(store: SessionStore, failed: asyncio.Event) -> SessionStore:
+    """``store`` as seen by one turn's session files: a call that fails (not a refused write:
+    the lease's own rule) sets ``failed``, so the turn ends while the database stalls."""
+
+    class Watched:
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(store, name)
+            if not asyncio.iscoroutinefunction(attr):
+                return attr
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await attr(*args, **kwargs)
+                except Exception as exc:
+                    if error_code(exc) == "store_down":
+                        failed.set()
+                    raise
+
+            return call
+
+    return cast(SessionStore, Watched())
 
 
 async def _replay(events: Any) -> AsyncIterator[Event]:

@@ -7,7 +7,10 @@ releases what it held (the lock, the lease, the session) the same way as on a no
 
 The final event (the whole message, or an error) is sent only after the session is closed and the
 lease given back, and after ``settle`` has looked at what the store holds: a caller told "failed"
-may retry at once, and a turn the store kept anyway is reported as kept.
+may retry at once, and a turn the store kept anyway is reported as kept. One exception: when the
+store fails under a running turn (``store_failed``, set by the opener's store), the caller is told
+``store_down`` at once, with ``stored`` unknown, and the letting go goes on after, as long as the
+database takes to answer (a stalled database would otherwise hold the reader for the whole stall).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from helpers.errors import (
 )
 
 ABORT_WAIT_S = 10.0
+STORE_ABORT_S = 2.0  # how long aborting a turn whose store failed may take (no wait for idle)
 log = logging.getLogger("helpers.web")
 
 # What a caller is told for each code whose details (database address, runtime URL, holder names,
@@ -126,6 +130,8 @@ class Turn:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._abandoned = asyncio.Event()
         self._stop_reason = ""
+        self.store_failed = asyncio.Event()  # set when a store call made for this turn failed
+        self._told = False  # the reader was told the end before the turn let go
         self._start = time.perf_counter()
         self.task = asyncio.ensure_future(self._run())
 
@@ -185,12 +191,25 @@ class Turn:
                     final = await self._settle(self, final)
                 except Exception as exc:
                     log.warning("settling a turn failed: %r", exc)
-            self._queue.put_nowait(final)
+            if not self._told:
+                self._queue.put_nowait(final)
         finally:
             self.result.seconds = time.perf_counter() - self._start
             self._queue.put_nowait(None)
             if self._finished is not None:
                 self._finished()
+
+    def _tell_store_down(self) -> None:
+        """End the reader's stream now with ``store_down``; whether it was stored is unknown."""
+        if self._told or self._final is None:
+            return
+        kind, data = self._final
+        unknown = " (whether the turn was stored is unknown: retry it)"
+        self._queue.put_nowait(
+            (kind, {**data, "message": data["message"] + unknown, "stored": None})
+        )
+        self._queue.put_nowait(None)
+        self._told = True
 
     async def _converse(self, session: CopilotSession) -> None:
         ended = asyncio.Event()
@@ -227,6 +246,7 @@ class Turn:
             waits = {
                 asyncio.ensure_future(ended.wait()),
                 asyncio.ensure_future(self._gone(session)),
+                asyncio.ensure_future(self.store_failed.wait()),
             }
             try:
                 await asyncio.wait(waits, timeout=self.timeout_s, return_when="FIRST_COMPLETED")
@@ -240,6 +260,7 @@ class Turn:
                         "the database did not take this turn's events, so the turn is not done "
                         f"(the runtime said: {errors[-1]})",
                     )
+                    self._tell_store_down()
                 elif errors:
                     self.fail("model_error", f"the turn failed in the runtime: {errors[-1]}")
                 elif not texts:
@@ -249,6 +270,14 @@ class Turn:
                 return
             if gone := getattr(session, "_runtime_gone", None):
                 self.fail("runtime_down", gone)
+                return
+            if self.store_failed.is_set():  # the runtime is fine: stop the turn, do not wait it out
+                self.fail("store_down", "the database did not answer while the turn ran")
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(STORE_ABORT_S):
+                        await session.abort()
+                        self.result.aborted = True
+                self._tell_store_down()
                 return
             if self._abandoned.is_set() and not self.abort_abandoned and not self._stop_reason:
                 # The rule switched off: nobody listens, yet the turn runs on to its end.
