@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/bench_scaling.py [--requests 128] [--levels 16 64]
 
 Notebook 02's short-lived request (create, send, disconnect, delete) on the fixed transport; with
 two runtimes each request goes to the one with fewer requests in flight (``Router.pick`` of
-notebook 04). For each point: latency, throughput, and where the CPU went: this process, each
+notebook 05). For each point: latency, throughput, and where the CPU went: this process, each
 runtime, and the whole machine (``/proc/stat``: on a shared machine other work shows up there).
 Uses the local stand-in model (in this process), which answers at once.
 """

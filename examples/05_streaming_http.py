@@ -3,7 +3,7 @@
 A FastAPI app (uvicorn, in this process) serves one runtime to many users: a bearer token per
 user, session ids made and owned by the application, one turn at a time per session, each reply
 streamed as it is written, and a caller who hangs up gets the turn aborted in the runtime
-(notebook 06). The script's own client (httpx) drives it. From the repository root:
+(notebook 07). The script's own client (httpx) drives it. From the repository root:
 `.venv/bin/python examples/05_streaming_http.py`; the model comes from the environment as the
 README says (the stand-in model when none is set), the runtime from node_modules or ``CLI_URL``.
 """

@@ -23,7 +23,7 @@ from helpers.runtime import transport
 from helpers.runtime.server import RuntimeServer, start_server
 
 # The suite's own clients run on the fixed transport, as the benches, the web service and
-# notebooks 03-06 do; notebooks 01-02 run in kernels of their own on the SDK as shipped.
+# notebooks 03-07 do; notebooks 01-02 run in kernels of their own on the SDK as shipped.
 transport.install()
 
 __all__ = ["REPO_ROOT", "our_runtime_processes"]

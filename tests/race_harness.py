@@ -1,4 +1,4 @@
-"""Races on notebook 04's serving path: two runtimes, one session store, requests at swept offsets.
+"""Races on notebook 05's serving path: two runtimes, one session store, requests at swept offsets.
 
 Each case runs trials on the real runtime with the local stand-in model. A trial starts requests
 with a timing offset taken across the case's dangerous window, then counts what went wrong:

@@ -276,7 +276,7 @@ def codename_of(name: str) -> str:
 
 def drive_panel(page, name: str) -> list[str]:
     """What the issue asks a learner to try, per notebook; returns the results seen."""
-    if name.startswith(("01_", "06_")):  # 06: each user's own conversation, over HTTP
+    if name.startswith(("01_", "07_")):  # 07: each user's own conversation, over HTTP
         codename = codename_of(name).lower()
         a = send(page, "A", "What is the codename?")
         assert codename in a.split("reply:", 1)[1].lower(), f"A's session knows it: {a}"
@@ -321,7 +321,7 @@ def drive_panel(page, name: str) -> list[str]:
         assert "refused" in b and a_id in b, f"B must be refused A's session: {b}"
         assert codename not in b.lower(), f"the refusal must not leak A's conversation: {b}"
         return [a, b]
-    if name.startswith("04_"):
+    if name.startswith(("04_", "05_")):
         codename = codename_of(name).lower()
         a = send(page, "A", "What is the codename?")
         assert codename in a.split("reply:", 1)[1].lower(), f"A's session knows it: {a}"
@@ -332,7 +332,7 @@ def drive_panel(page, name: str) -> list[str]:
         held_b = re.search(r"the store holds (\d+) turn", b)
         assert held_b and int(held_b.group(1)) >= 1, f"the store should hold B's turn: {b}"
         return [a, b]
-    if name.startswith("05_"):  # a prepared session per send, deleted after it
+    if name.startswith("06_"):  # a prepared session per send, deleted after it
         a = send(page, "A", 'Create todo.md containing "buy milk"')
         assert "prepared ahead" in a, f"a prepared session answered: {a}"
         assert re.search(r"User A's files: .*todo\.md", a), f"A's files should list todo.md: {a}"

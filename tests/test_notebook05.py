@@ -1,4 +1,4 @@
-"""Notebook 05 headless: other parameters with the exercises' solutions (bad ones: test_params)."""
+"""Notebook 06 headless: other parameters with the exercises' solutions (bad ones: test_params)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from test_notebooks import (
 )
 
 pytestmark = pytest.mark.notebook
-NB05 = "05_making_it_fast.ipynb"
+NB05 = "06_making_it_fast.ipynb"
 
 
 def test_notebook_05_with_solutions_and_other_parameters() -> None:

@@ -113,7 +113,8 @@ PANEL_SENDS = {
     "02": 'panel.send("A", "List my files.")',
     "03": 'panel.send_to("A", a_id, "What is the codename?")',
     "04": 'panel.send("A", "What is the codename?")',
-    "05": 'panel.send("A", "List my files.")',
+    "05": 'panel.send("A", "What is the codename?")',
+    "06": 'panel.send("A", "List my files.")',
 }
 STREAM_CHECK = """\
 texts = []
@@ -220,7 +221,7 @@ def test_committed_notebooks_are_clean() -> None:
         (NB01, dict(CODENAME="ORION-5!")),
         (NB02, dict(NOTE_NAME="../escape.md")),
         ("03_serving_many_users.ipynb", dict(USERS_AT_ONCE=1)),
-        ("04_beyond_one_runtime.ipynb", dict(ROUTING="random")),
+        ("05_routing_and_races.ipynb", dict(ROUTING="random")),
     ],
 )
 def test_a_bad_parameter_stops_the_run_before_anything_starts(

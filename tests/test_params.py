@@ -18,7 +18,8 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 NB01 = "01_multi_user_long_lived.ipynb"
 NB02 = "02_multi_user_short_lived.ipynb"
 NB03 = "03_serving_many_users.ipynb"
-NB04 = "04_beyond_one_runtime.ipynb"
+NB04 = "04_session_state_in_the_database.ipynb"
+NB05R = "05_routing_and_races.ipynb"
 ALL = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -30,7 +31,7 @@ def parameters_of(name: str) -> str:
 
 
 WITH_CODENAME = [name for name in ALL if re.search(r"^CODENAME = ", parameters_of(name), re.M)]
-NB05 = "05_making_it_fast.ipynb"
+NB05 = "06_making_it_fast.ipynb"
 
 
 def check_cell(name: str, **overrides: Any) -> dict[str, Any]:
@@ -179,18 +180,24 @@ def test_notebook_05_names_every_bad_value_at_once() -> None:
 def test_notebook_04_names_every_bad_value_at_once() -> None:
     refused(
         NB04,
-        "USERS = 0 is out of range",
-        "TURNS = '5' must be a number",
-        "ROUTING = 'random' is not one of",
         "COST_ROUNDS = 1000 is out of range",
         "SESSION_A = 'a.b' is not allowed",
         "CODENAME = 12345 is a int; it must be a string",
-        USERS=0,
-        TURNS="5",
-        ROUTING="random",
         COST_ROUNDS=1000,
         SESSION_A="a.b",
         CODENAME=12345,
+    )
+
+
+def test_notebook_05_routing_names_every_bad_value_at_once() -> None:
+    refused(
+        NB05R,
+        "USERS = 0 is out of range",
+        "TURNS = '5' must be a number",
+        "ROUTING = 'random' is not one of",
+        USERS=0,
+        TURNS="5",
+        ROUTING="random",
     )
 
 

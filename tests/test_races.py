@@ -1,4 +1,4 @@
-"""Notebook 04's serving path under races, on SQLite and PostgreSQL, with two real runtimes.
+"""Notebook 05's serving path under races, on SQLite and PostgreSQL, with two real runtimes.
 
 Each case of ``race_harness`` (and of ``race_faults``: issue 21's stalled and killed runtimes)
 reproduces items of issue 14 (the counts its closing note quotes

@@ -1,4 +1,4 @@
-"""Notebook 06 under papermill with other parameters: it passes, leaves nothing running, prints no
+"""Notebook 07 under papermill with other parameters: it passes, leaves nothing running, prints no
 token, and a bad parameter stops it before anything starts."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from support import our_runtime_processes
 from test_notebooks import execute, leaves_nothing, runs_of, with_solutions
 
 pytestmark = pytest.mark.notebook
-NB06 = "06_a_web_backend.ipynb"
+NB06 = "07_a_web_backend.ipynb"
 postgres_url = pg_fixture.postgres_url  # a throwaway PostgreSQL server, or a skip
 # secrets.token_urlsafe(32), as the service issues: 43 URL-safe characters, letters and digits.
 TOKEN_LIKE = re.compile(
@@ -36,8 +36,6 @@ def test_notebook_06_with_other_parameters_and_the_solutions_prints_no_token() -
             NB06,
             source=with_solutions(NB06),
             tag="other-",
-            BENCH_USERS=4,
-            BENCH_TURNS=1,
             TURNS_PER_USER=3,
         )
     text = printed(nb)
@@ -51,8 +49,8 @@ def test_notebook_06_with_other_parameters_and_the_solutions_prints_no_token() -
 def test_a_bad_parameter_stops_notebook_06_before_anything_starts() -> None:
     running, runs = set(our_runtime_processes()), runs_of(NB06)
     with pytest.raises(papermill.PapermillExecutionError) as failed:
-        execute(NB06, tag="bad-", BENCH_USERS=1000)
-    assert failed.value.ename == "ParameterError" and "BENCH_USERS = " in str(failed.value)
+        execute(NB06, tag="bad-", TURNS_PER_USER=1000)
+    assert failed.value.ename == "ParameterError" and "TURNS_PER_USER = " in str(failed.value)
     assert runs_of(NB06) == runs and set(our_runtime_processes()) <= running
 
 
@@ -63,12 +61,12 @@ def test_notebook_06_on_postgresql(monkeypatch: pytest.MonkeyPatch, postgres_url
     password = postgres_url.split(":")[2].split("@")[0]
     monkeypatch.setenv("DATABASE_URL", postgres_url)
     with leaves_nothing(NB06):
-        nb = execute(NB06, tag="postgresql-", BENCH_USERS=4, BENCH_TURNS=1)
+        nb = execute(NB06, tag="postgresql-")
     text = printed(nb)
     assert "store: PostgreSQL postgresql://postgres:***@127.0.0.1:" in text
     assert password not in text, "the password must not reach the notebook"
     with psycopg.connect(postgres_url) as conn:
         left = conn.execute(
-            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'run_06%'"
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'run_07%'"
         ).fetchall()
     assert left == [], f"clean-up should drop the run's schema: {left}"

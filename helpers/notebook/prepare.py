@@ -38,25 +38,23 @@ RULES: dict[str, p.Rule] = {
         "one line of 8 to 200 characters, without a closing curly quote (\u201d) "
         "and without spaces at either end",
     ),
-    # notebooks 03 and 06
+    # notebooks 03 and 07
     "USERS_AT_ONCE": p.number(2, 64),
     "SLOW_TURN_S": p.number(1, 30),
     "ORPHAN_AGE_S": p.number(0.1, 60),
-    # notebook 04
+    # notebooks 04 and 05
     "USERS": p.number(1, 32),
     "TURNS": p.number(1, 20),
     "ROUTING": p.one_of("least-busy", "hash"),
     "COST_ROUNDS": p.number(1, 50),
-    # notebook 05
+    # notebook 06
     "STEP_ROUNDS": p.number(1, 200),
     "SPEED_REQUESTS": p.number(2, 2000),
     "AT_ONCE": p.number(2, 64),
     "ISOLATION_REQUESTS": p.number(2, 500),
     "PROMPT": p.text(r"\S[^\x00-\x1f\x7f]{0,498}\S", "one line of 2 to 500 characters"),
-    # notebook 06
+    # notebook 07
     "TURNS_PER_USER": p.number(2, 16),
-    "BENCH_USERS": p.number(4, 128),
-    "BENCH_TURNS": p.number(1, 20),
 }
 COUNTS = {
     "USERS_AT_ONCE",
@@ -68,8 +66,6 @@ COUNTS = {
     "AT_ONCE",
     "ISOLATION_REQUESTS",
     "TURNS_PER_USER",
-    "BENCH_USERS",
-    "BENCH_TURNS",
 }
 
 

@@ -82,7 +82,7 @@ def sdk_changes() -> str:
     options += ["one write per message"] * bool(tcp.get("buffered"))
     if tcp["installed"] and options:
         changes.append(
-            f"{', '.join(options)} on every client's socket (transport.install(); notebook 05 "
+            f"{', '.join(options)} on every client's socket (transport.install(); notebook 06 "
             "explains)"
         )
     if watchdog._state["installed"]:

@@ -10,7 +10,7 @@ there (it governs what we send). ``TCP_QUICKACK`` makes the kernel ACK at once, 
 it again, so it is re-armed after every read.
 
 ``install()`` wraps the SDK's ``CopilotClient._connect_via_tcp`` once per process; nothing calls it
-behind the reader's back (notebooks 01-02 run the SDK as shipped; 03-06 and the web service call
+behind the reader's back (notebooks 01-02 run the SDK as shipped; 03-07 and the web service call
 it in one visible line): every client connected afterwards gets both options (TCP_QUICKACK on
 Linux only). ``set_tuning(False)`` is the one switch that turns both off
 for the process; ``tuning(False)`` does it for the clients started inside a block, and

@@ -1,4 +1,4 @@
-"""A web backend (notebook 06): the patterns of notebooks 01-05 behind HTTP. A FastAPI app on
+"""A web backend (notebook 07): the patterns of notebooks 01-06 behind HTTP. A FastAPI app on
 uvicorn with bearer tokens per user, replies streamed as Server-Sent Events while the model writes
 them, a small page to try it, and the production rules of 03-05 (ownership, a lock and a lease per
 turn, the prepared-ahead pool, sweep, drain, the TCP options). ``python -m helpers.web`` runs it.

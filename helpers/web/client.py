@@ -1,4 +1,4 @@
-"""A caller of the web backend over HTTP (httpx), as one user with one token: what notebook 06
+"""A caller of the web backend over HTTP (httpx), as one user with one token: what notebook 07
 and the tests use to talk to the service the way a browser or another backend would."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The service behind the HTTP layer: one runtime, its store, and the rules of notebooks 03-05.
+"""The service behind the HTTP layer: one runtime, its store, and the rules of notebooks 03-06.
 
 Everything a request needs goes through here, so the HTTP app (``app.py``) only translates, and
 the benchmark can make the same requests in-process. Long-lived conversations keep their state in
