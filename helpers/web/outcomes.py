@@ -93,7 +93,7 @@ class Claim:
     holder: str = ""
     since: float = 0.0  # when this claim's run began (UNIX time)
     events: list[tuple[str, dict[str, Any]]] | None = None
-    taken_over: bool = False  # a run of an earlier process that never finished: read back first
+    taken_over: bool = False  # an earlier run failed or never finished: read the store back first
     first_since: float = 0.0  # when the key's first run began (what a read-back looks after)
 
 
@@ -129,7 +129,7 @@ async def claim(
         f"SELECT digest, state, holder, result, created FROM web_idempotency {_KEYED}", ident
     )
     if not rows:  # the conversation was deleted meanwhile
-        return await claim(store, user, conversation, key, text, stale_s)
+        return await claim(store, user, conversation, key, text, stale_s, label)
     digest, state, old, result, created = rows[0]
     if digest != _digest(text):
         raise KeyReused("this Idempotency-Key was used before with another message")
@@ -143,7 +143,9 @@ async def claim(
             (holder, now, *ident, old),
         )
         if taken == 1:
-            return Claim("new", holder, now, taken_over=stale, first_since=created)
+            # A failed run may still have been stored (its error said "unknown"), and a stale
+            # one may have been stored before its process died: either way, read back first.
+            return Claim("new", holder, now, taken_over=True, first_since=created)
     return Claim("running", old, created)
 
 
