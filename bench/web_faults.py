@@ -173,7 +173,12 @@ class Load:
                 key = uuid.uuid4().hex
                 while True:  # the same key until it is served (or the run ends)
                     began = time.monotonic()
-                    ok, why = await self._send(http, self.conversations[user], text, key)
+                    try:  # SSE pings keep a stalled stream alive: bound the whole send
+                        ok, why = await asyncio.wait_for(
+                            self._send(http, self.conversations[user], text, key), REQUEST_S
+                        )
+                    except TimeoutError:
+                        ok, why = False, f"no end in {REQUEST_S:.0f} s"
                     now = time.monotonic()
                     self.attempts.append(Attempt(now - self.t0, user, text, ok, why, now - began))
                     if ok:
