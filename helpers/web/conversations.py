@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from copilot.session import CopilotSession
@@ -147,14 +147,12 @@ class Conversations(Checks):
                     else:
                         final = ("message", {"text": reply, "stored_after_error": data["error"]})
                         turn.result.text, turn.result.error = reply, ""
-            if key is not None and took is not None:
-                with contextlib.suppress(Exception):  # else it is taken over once stale
-                    await asyncio.wait_for(
-                        record(
-                            self.store, user, conversation, key, took.holder, [*turn.sent, final]
-                        ),
-                        READ_BACK_S,
-                    )
+            if key is not None and took is not None:  # a retry waits for this outcome
+                events = [*turn.sent, final]
+                await self._keep_trying(
+                    lambda: record(self.store, user, conversation, key, took.holder, events),
+                    self.settings.turn_timeout_s + self.settings.lease_ttl_s,
+                )
             return final
 
         return self._track(
@@ -172,16 +170,23 @@ class Conversations(Checks):
     async def _let_go(self, conversation: str, holder: str) -> None:
         """After a fault, make sure the lease is given back: at once if the database answers,
         else from the background as soon as it does (until the lease would have run out)."""
-        deadline = time.monotonic() + self.settings.lease_ttl_s
+        await self._keep_trying(
+            lambda: self.store.drop_lease(conversation, holder), self.settings.lease_ttl_s
+        )
+
+    async def _keep_trying(self, write: Callable[[], Awaitable[Any]], for_s: float) -> None:
+        """Do ``write`` now if the database answers within 2 s, else from the background as soon
+        as it does, for up to ``for_s`` (a stalled database never holds up the caller)."""
+        deadline = time.monotonic() + for_s
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.store.drop_lease(conversation, holder), 2.0)
+            await asyncio.wait_for(write(), 2.0)
             return
 
         async def retry() -> None:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.store.drop_lease(conversation, holder), 2.0)
+                    await asyncio.wait_for(write(), 2.0)
                     return
 
         task = asyncio.ensure_future(retry())
