@@ -223,9 +223,14 @@ class Conversations(Checks):
             **self._model_kwargs(user),
         )
         holder = lease.holder if lease is not None else None
-        if not await resume_or_create(self.store, conversation, holder):
-            return await self.client.create_session(session_id=conversation, **options)
-        return await self.client.resume_session(conversation, **options)
+        try:
+            if not await resume_or_create(self.store, conversation, holder):
+                return await self.client.create_session(session_id=conversation, **options)
+            return await self.client.resume_session(conversation, **options)
+        except Exception as exc:
+            if failed.is_set():  # the runtime failed because our store did: say so (503)
+                raise StoreDown("the database did not answer while the session opened") from exc
+            raise
 
     async def _check_stored(self, conversation: str, text: str) -> None:
         """Raise ``StoreDown`` unless the store holds this turn's message and its reply."""
