@@ -19,7 +19,8 @@ time from the fault's end to the first turn served again, the longest any one re
 from every conversation's stored history read back at the end: turns lost (reported done and not
 stored with a reply), turns doubled (one message answered twice), cut (a message a killed process
 stored without its reply; the retry answers it as a turn of its own) and forks (answered turns
-out of the order sent).
+out of the order sent). The service's log of each run is kept as
+``tmp/web-faults-<fault>-<engine>.log``.
 Goals: 0 lost, 0 doubled, 0 forks; a refusal within 5 s; recovery within 15 s.
 """
 
@@ -32,6 +33,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 from pg_server import database_for_bench  # noqa: E402
 from support import free_port  # noqa: E402
 
-from helpers.run import remove_dir, run_dir  # noqa: E402
+from helpers.run import TMP, remove_dir, run_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 START_S = 60.0
@@ -264,7 +266,15 @@ async def run_fault(fault: str, users: int, seconds: float, freeze_s: float, url
     schema = f"faults_{fault.replace('-', '_')}_{os.getpid()}"
     instance = Instance(folder / "data", [f"user{i}" for i in range(users)], url, schema)
     try:
-        load = Load(instance.url, instance.start())
+        for _ in range(3):  # another process may take the free port before the service binds it
+            try:
+                tokens = instance.start()
+                break
+            except RuntimeError:
+                if "Address already in use" not in instance.log.read_text(errors="replace"):
+                    raise
+                instance.port = free_port()
+        load = Load(instance.url, tokens)
         runner = asyncio.ensure_future(load.run())
         await asyncio.sleep(seconds / 3)
         fault_at = time.monotonic() - load.t0
@@ -311,6 +321,8 @@ async def run_fault(fault: str, users: int, seconds: float, freeze_s: float, url
         }
     finally:
         instance.stop(signal.SIGKILL)
+        with contextlib.suppress(OSError):  # the service's own log, for what the table cannot say
+            shutil.copy(instance.log, TMP / f"web-faults-{fault}-{'pg' if url else 'sqlite'}.log")
         remove_dir(folder)
         if url:
             with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
