@@ -18,14 +18,14 @@ from test_notebooks import (
 )
 
 pytestmark = pytest.mark.notebook
-NB05 = "06_making_it_fast.ipynb"
+NB06 = "06_making_it_fast.ipynb"
 
 
 def test_notebook_05_with_solutions_and_other_parameters() -> None:
-    with leaves_nothing(NB05):
+    with leaves_nothing(NB06):
         nb = execute(
-            NB05,
-            source=with_stream_check(with_solutions(NB05), NB05),
+            NB06,
+            source=with_stream_check(with_solutions(NB06), NB06),
             tag="odd-",
             STEP_ROUNDS=2,
             SPEED_REQUESTS=4,
