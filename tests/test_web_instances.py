@@ -195,6 +195,8 @@ async def test_an_abort_sent_to_b_stops_the_turn_streaming_on_a(pair: Pair) -> N
         took = time.monotonic() - asked
         print(f"{pair.engine}: abort sent to B ended A's stream in {took:.2f} s")
         assert reply.error == "aborted" and took < 5, (took, reply.events[-1:])
+        if pair.engine == "postgresql":  # A heard of it by NOTIFY (else it polls, each second)
+            assert pair.a.service._listener is not None and pair.a.service._listener.connected
         await until(lambda: _no_lease(pair.b, cid), 5, "A gave the lease back")
         assert not pair.a.service.locks.lock(cid).locked()
         after = await on_b.http.post(f"/conversations/{cid}/abort")
