@@ -39,8 +39,10 @@ from helpers.store import open_store
 from helpers.store.base import SessionStore
 from helpers.store.lease import Lease
 from helpers.store.postgres import PostgresStore
+from helpers.store.schema import upgrade
 from helpers.store.session_fs import stored_events
 from helpers.web.client import Caller, Reply
+from helpers.web.instances import StopListener, request_stop
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -437,3 +439,39 @@ async def test_an_instance_frozen_or_killed_mid_turn(pair: Pair, process: Proces
         assert answered(events).count(text) == 1 and forks(events) == 0, (
             "run once: 0 lost, 0 doubled"
         )
+
+
+@pytest.mark.postgres
+async def test_the_stop_listener_connects_again_after_losing_its_connection(
+    postgres_url: str,
+) -> None:
+    """A PostgreSQL restart (here: the listener's backend ended) is followed by a new LISTEN."""
+    store = await PostgresStore(postgres_url, f"t_{secrets.token_hex(4)}").connect()
+    wake = asyncio.Event()
+    listener = StopListener(store, wake)
+    task = asyncio.ensure_future(listener.run())
+    try:
+        await upgrade(store)
+        for round in range(2):
+            await until(_connected(listener), 10, f"listening (round {round})")
+            wake.clear()
+            await request_stop(store, f"web-x#{round}", "c", "stop")
+            await asyncio.wait_for(wake.wait(), 5)
+            await store.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+                (listener.name,),
+            )
+            await until(_connected(listener, False), 10, "the lost connection noticed")
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await store.close()
+        store.drop_schema()
+
+
+def _connected(listener: StopListener, wanted: bool = True) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return listener.connected == wanted
+
+    return check
