@@ -21,6 +21,7 @@ import sys
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,18 +89,23 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     data = remove_dir(TMP / f"test-instances-{secrets.token_hex(4)}")
     schema = f"t_{secrets.token_hex(4)}"
     started: list[ServiceThread] = []
+
+    def start(name: str) -> None:
+        settings = Settings(
+            turn_timeout_s=30,
+            turns_per_user=16,
+            pool_size=1,
+            data=str(data),
+            instance=name,
+            schema=schema,
+        )
+        started.append(ServiceThread(settings))
+
     try:
-        with database_url(url):
-            for name in ("a", "b"):
-                settings = Settings(
-                    turn_timeout_s=30,
-                    turns_per_user=16,
-                    pool_size=1,
-                    data=str(data),
-                    instance=name,
-                    schema=schema,
-                )
-                started.append(ServiceThread(settings))
+        with database_url(url), ThreadPoolExecutor(2) as starting:  # at once, as a fleet starts
+            list(starting.map(start, ("a", "b")))
+        started.sort(key=lambda web: web.service.holder)
+        assert [w.service.holder for w in started] == ["web-a", "web-b"]
         assert started[1].service.store.engine == request.param
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env["PYTHONPATH"] = str(ROOT)
