@@ -234,8 +234,7 @@ async def test_a_delete_sent_to_b_stops_a_turn_on_a_and_nothing_is_written_after
         response = await on_b.http.delete(f"/conversations/{cid}")
         took = time.monotonic() - asked
         assert response.status_code == 204, response.text
-        assert turn.done(), "the delete answered only once A's turn had let go"
-        reply = turn.result()
+        reply = await asyncio.wait_for(turn, 10)
         print(f"{pair.engine}: delete sent to B while A streamed: {took:.2f} s")
         assert reply.error == "aborted" and took < 5, (took, reply.events[-1:])
         await asyncio.sleep(1.0)  # a late write of A's would land now
