@@ -211,6 +211,10 @@ async def test_an_abort_sent_to_b_stops_the_turn_streaming_on_a(pair: Pair) -> N
         assert after.status_code == 202 and after.json() == {"running": False}
         again = await on_b.send(cid, "Say hello.")
         assert again.done, again.events[-1:]
+        local = asyncio.ensure_future(on_b.send(cid, SLOW))  # and on the instance it was sent to
+        await until(leased_by(pair.b, cid, "web-b"), 15, "B's turn holds the lease")
+        assert (await on_b.http.post(f"/conversations/{cid}/abort")).json() == {"running": True}
+        assert (await asyncio.wait_for(local, 15)).error == "aborted"
         other = Caller(pair.b.url, pair.b.call(pair.b.service.tokens.issue("uother")))
         async with other:
             refused = await other.http.post(f"/conversations/{cid}/abort")
