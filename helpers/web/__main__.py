@@ -38,6 +38,7 @@ async def serve(args: argparse.Namespace) -> None:
         instance=args.instance,
         schema=args.schema,
         lease_ttl_s=args.lease_ttl_s,
+        version_label=args.version_label,
     )
     web = await start_web(folder, settings, args.host, args.port)
     users = [user for user in args.users.split(",") if user]
@@ -125,6 +126,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instance", default="", help="this instance's stable name")
     parser.add_argument(
         "--lease-ttl-s", type=float, default=30.0, help="how long a stalled turn keeps its lease"
+    )
+    parser.add_argument(
+        "--version-label", default="", help="this instance's code version (default: the package's)"
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
     sub = parser.add_subparsers(dest="command")
