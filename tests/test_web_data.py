@@ -207,6 +207,18 @@ async def test_instances_that_start_at_once_upgrade_one_after_the_other(place) -
             await store.close()
 
 
+async def test_a_version_missed_below_the_newest_is_applied(place) -> None:  # type: ignore[no-untyped-def]
+    engine, where, schema = place
+    store = await _open(engine, where, schema)
+    try:
+        skipped = sorted(MIGRATIONS)[-2]  # as if its step landed after a newer one was applied
+        await store.execute("DELETE FROM schema_version WHERE version = ?", (skipped,))
+        assert await upgrade(store) == [skipped], "the missing step is applied, the others not"
+        assert await upgrade(store) == []
+    finally:
+        await store.close()
+
+
 # The tables as the code before schema versions (commit 7c26534) made them, with rows in them.
 OLD_STORE = (
     """CREATE TABLE sessions (

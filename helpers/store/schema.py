@@ -5,6 +5,8 @@ and are safe to run again (``CREATE TABLE IF NOT EXISTS``, ``CREATE INDEX IF NOT
 module may add its own with ``register_migration`` at import; ``upgrade`` (run by ``open_store``
 and ``open_web_store`` whenever a store is opened) applies those above the version the
 ``schema_version`` table records, in order, in one transaction, and records them.
+Versions are applied by what is recorded, not by the highest one: a store that recorded 1-3 and 7
+(code whose steps landed out of order) still gets 4-6.
 """
 
 from __future__ import annotations
@@ -59,10 +61,17 @@ async def version_of(store: SessionStore) -> int:
     return int(rows[0][0])
 
 
+async def recorded(store: SessionStore) -> set[int]:
+    """The versions the store records as applied."""
+    await version_of(store)  # the version table made, under the migration lock
+    rows, _ = await store.execute("SELECT version FROM schema_version")
+    return {int(r[0]) for r in rows}
+
+
 async def upgrade(store: SessionStore) -> list[int]:
-    """Apply the registered migrations above the store's version, in order; return them."""
-    current = await version_of(store)
-    pending = [MIGRATIONS[v] for v in sorted(MIGRATIONS) if v > current]
+    """Apply the registered migrations the store has not recorded, in order; return them."""
+    done = await recorded(store)
+    pending = [MIGRATIONS[v] for v in sorted(MIGRATIONS) if v not in done]
     if not pending:
         await store.create_tables()  # a session table dropped by hand is made again
         return []
