@@ -1,4 +1,5 @@
-"""``python -m helpers.web``: the web backend on its own; ``... tokens``: its sign-in tokens.
+"""``python -m helpers.web``: the web backend on its own; ``... tokens``: its sign-in tokens;
+``... users delete NAME``: a user's content and access gone, their usage kept (``users.py``).
 
 The service keeps conversations, owners, users' files and tokens in its database: the SQLite file
 ``sessions.db`` in the data folder (``--data``, default ``tmp/web-data``), or PostgreSQL when
@@ -107,6 +108,18 @@ async def tokens(args: argparse.Namespace) -> int:
         await store.close()
 
 
+async def users(args: argparse.Namespace) -> int:
+    from helpers.web.users import delete_user
+
+    store = await open_web_store(Path(args.data), schema=args.schema)
+    try:
+        counts = await delete_user(store, args.user)
+    finally:
+        await store.close()
+    print(f"Deleted {args.user}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)).ljust(17)
 
@@ -141,6 +154,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     actions.add_parser("list", parents=[common], help="every token: user, id, times (no token)")
     revoke = actions.add_parser("revoke", parents=[common], help="revoke a user's tokens or one")
     revoke.add_argument("who", help="a user name, or a token id from 'tokens list'")
+    people = sub.add_parser("users", parents=[common], help="delete a user (usage kept)")
+    people_actions = people.add_subparsers(dest="action", required=True)
+    delete = people_actions.add_parser(
+        "delete", parents=[common], help="their conversations, files, tokens; ledger kept"
+    )
+    delete.add_argument("user")
     return parser.parse_args(argv)
 
 
@@ -148,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.command == "tokens":
         return asyncio.run(tokens(args))
+    if args.command == "users":
+        return asyncio.run(users(args))
     asyncio.run(serve(args))
     return 0
 

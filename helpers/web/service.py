@@ -32,11 +32,12 @@ from helpers.web.db import (
     stored_orphans,
 )
 from helpers.web.outcomes import orphan_claims_of
+from helpers.web.usage import Metering
 
 STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
 
 
-class Service(Conversations, Asks):
+class Service(Metering, Conversations, Asks):
     """One runtime and its client; the store (owners, files, leases); tokens, locks, pool, drain."""
 
     # --- start, stop, health -------------------------------------------------------------
