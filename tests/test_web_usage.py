@@ -208,7 +208,7 @@ def test_a_read_only_plan_cannot_write_and_every_call_is_audited(web, tokens) ->
         assert "ghp_" not in call["arguments"] and "[redacted]" in call["arguments"], call
 
 
-def test_a_turn_crosses_the_budget_the_next_is_refused_before_the_runtime_then_served(web, tokens) -> None:
+def test_a_crossing_turn_finishes_the_next_is_refused_before_the_runtime(web, tokens) -> None:
     service = web.service
     saved = service.settings
     service.settings = dataclasses.replace(
