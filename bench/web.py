@@ -41,6 +41,12 @@ async def run_metering(levels: tuple[int, ...], turns: int) -> list[bench.Metere
     web = await start_web(folder, settings)
     try:
         await bench.measure(web.service, web.url, "HTTP", 2, 1)  # warm up
+        for users in levels:
+            median, p95 = await bench.metering_work(web.service, users)
+            print(
+                f"metering's own database work per turn at {users} users at once: "
+                f"{median:.2f} ms median, {p95:.2f} ms p95 ({web.service.store.engine})"
+            )
         return await bench.metering(web.service, web.url, levels, turns)
     finally:
         await web.stop(drain=False)

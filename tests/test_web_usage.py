@@ -116,7 +116,8 @@ def test_a_retry_with_the_same_key_is_metered_once(web, tokens) -> None:
 
 
 def test_calls_no_instance_recorded_are_reconciled(web, tokens) -> None:
-    """As if the instance that ran two turns was killed before its ledger writes landed."""
+    """As if the instance that ran two turns was killed before its ledger writes landed, and
+    another one (which reconciles on its first resume of the conversation) took the next."""
 
     async def lost() -> str:
         async with Caller(web.url, tokens["A"]) as a:
@@ -129,7 +130,12 @@ def test_calls_no_instance_recorded_are_reconciled(web, tokens) -> None:
             assert (await a.send(cid, "Remember: the third fact is T.")).done
             return cid
 
-    cid = run(web, lost())
+    saved = web.service.settings
+    web.service.settings = dataclasses.replace(saved, reconcile_every_s=0.0)
+    try:
+        cid = run(web, lost())
+    finally:
+        web.service.settings = saved
     rows = ledger_rows(web, "conversation = ?", (cid,))
     assert sorted(r[2] for r in rows) == ["call", "reconciled", "reconciled"], rows
     mine = run(web, totals_of(web.service.store, cid))

@@ -26,6 +26,7 @@ from helpers.web.db import open_web_store
 
 DATA = TMP / "web-data"
 TOKENS = TMP / "web-tokens.json"
+MAX_TURNS = 16  # where one runtime stopped scaling on the test machine (README, notebook 09)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -39,6 +40,11 @@ async def serve(args: argparse.Namespace) -> None:
         instance=args.instance,
         schema=args.schema,
         lease_ttl_s=args.lease_ttl_s,
+        max_turns=args.max_turns,
+        budget_tokens=args.budget_tokens,
+        budget_period_s=args.budget_period_s,
+        rate_turns=args.rate_turns,
+        plans={user: "read-only" for user in args.read_only.split(",") if user},
     )
     web = await start_web(folder, settings, args.host, args.port)
     users = [user for user in args.users.split(",") if user]
@@ -140,6 +146,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--lease-ttl-s", type=float, default=30.0, help="how long a stalled turn keeps its lease"
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
+    parser.add_argument(
+        "--max-turns", type=int, default=MAX_TURNS, help="turns at once, all users (0: no limit)"
+    )
+    parser.add_argument("--budget-tokens", type=int, default=0, help="per user per period")
+    parser.add_argument("--budget-period-s", type=float, default=86400.0, help="a day")
+    parser.add_argument("--rate-turns", type=int, default=0, help="turns per user per minute")
+    parser.add_argument("--read-only", default="", help="users on the read-only plan (a,b)")
     sub = parser.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="as above")

@@ -287,6 +287,31 @@ def _model_calls(service: Service) -> int:
     return standin.requests[-1].number if standin is not None and standin.requests else 0
 
 
+async def metering_work(service: Service, users: int, turns: int = 20) -> tuple[float, float]:
+    """Milliseconds (median, p95) of metering's own database work per turn, ``users`` at once:
+    the admission (rate and budget in one transaction), one ledger row, the hold given back."""
+    from helpers.web.budgets import admit, give_back
+    from helpers.web.ledger import Call, record
+
+    tag = secrets.token_hex(3)
+    took: list[float] = []
+
+    async def one(user: str) -> None:
+        for n in range(turns):
+            started = time.perf_counter()
+            hold = await admit(service.store, user, (10**6, 60.0), (10**12, 86400.0, 1000))
+            call = Call(f"{tag}-{n}", "bench", 900, 20, 0, None, time.time())
+            await record(service.store, user, f"bench-{user}", call)
+            if hold is not None:
+                await give_back(service.store, hold)
+            took.append(1000 * (time.perf_counter() - started))
+
+    await asyncio.gather(*(one(f"m{tag}{u}") for u in range(users)))
+    await service.store.execute("DELETE FROM usage_ledger WHERE model = 'bench'")
+    took.sort()
+    return took[len(took) // 2], took[round(0.95 * (len(took) - 1))]
+
+
 def metering_summary(runs: list[Metered]) -> list[str]:
     """Milliseconds and CPU added per turn by metering, per level (pooled over the rounds)."""
     lines = []

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from helpers.errors import Refused
-from helpers.store.base import SessionStore
+from helpers.store.base import SessionStore, Statement
 from helpers.store.schema import register_migration
 from helpers.web.ledger import used_since
 
@@ -69,27 +69,69 @@ def _when(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
+def _hold_statements(user: str, start: float, limit: int, hold: int) -> list[Statement]:
+    return [
+        (
+            "INSERT INTO usage_budget (owner, window_start, held) VALUES (?, ?, 0) "
+            "ON CONFLICT (owner, window_start) DO NOTHING",
+            (user, start),
+        ),
+        (TAKE_HOLD, (hold, user, start, hold, user, start, limit)),
+    ]
+
+
+def _turn_statements(user: str, now: float, turns: int, window_s: float) -> list[Statement]:
+    interval, tolerance = window_s / turns, window_s - window_s / turns
+    return [
+        (
+            "INSERT INTO usage_rate (owner, tat) VALUES (?, 0) ON CONFLICT (owner) DO NOTHING",
+            (user,),
+        ),
+        (TAKE_TURN, (now, now, interval, user, now, tolerance)),
+    ]
+
+
+async def admit(
+    store: SessionStore,
+    user: str,
+    rate: tuple[int, float] | None,
+    budget: tuple[int, float, int] | None,
+    now: float = 0.0,
+) -> Hold | None:
+    """Take one turn of ``rate`` (turns, window) and a hold of ``budget`` (tokens, period, hold)
+    in one transaction; return the hold, or raise ``Refused`` (a refused budget spends the turn).
+    """
+    now = now or time.time()
+    start = now - now % budget[1] if budget else 0.0
+    statements = _turn_statements(user, now, *rate) if rate else []
+    if budget:
+        statements += _hold_statements(user, start, budget[0], budget[2])
+    counts = await store.transaction(statements)
+    held = Hold(user, start, budget[2]) if budget and counts[-1] == 1 else None
+    if rate and counts[1] != 1:
+        if held is not None:
+            await give_back(store, held)
+        raise await _rate_refusal(store, user, now, *rate)
+    if budget and held is None:
+        raise await _budget_refusal(store, user, now, start, budget[0], budget[1])
+    return held
+
+
 async def take_hold(
     store: SessionStore, user: str, limit: int, period_s: float, hold: int, now: float = 0.0
 ) -> Hold:
     """Hold ``hold`` tokens of ``user``'s budget for a turn, or raise ``Refused``."""
-    now = now or time.time()
-    start = now - now % period_s
-    counts = await store.transaction(
-        [
-            (
-                "INSERT INTO usage_budget (owner, window_start, held) VALUES (?, ?, 0) "
-                "ON CONFLICT (owner, window_start) DO NOTHING",
-                (user, start),
-            ),
-            (TAKE_HOLD, (hold, user, start, hold, user, start, limit)),
-        ]
-    )
-    if counts[1] == 1:
-        return Hold(user, start, hold)
+    held = await admit(store, user, None, (limit, period_s, hold), now)
+    assert held is not None
+    return held
+
+
+async def _budget_refusal(
+    store: SessionStore, user: str, now: float, start: float, limit: int, period_s: float
+) -> Refused:
     used = await used_since(store, user, start)
     resets = start + period_s
-    raise Refused(
+    return Refused(
         "budget_exhausted",
         f"your budget of {limit} tokens per {period_s:g} s is used up ({used} used, or held by "
         f"turns running); it resets at {_when(resets)}",
@@ -111,22 +153,16 @@ async def take_turn(
     store: SessionStore, user: str, turns: int, window_s: float, now: float = 0.0
 ) -> None:
     """Take one of ``user``'s ``turns`` per ``window_s`` (GCRA), or raise ``Refused``."""
-    now = now or time.time()
-    interval, tolerance = window_s / turns, window_s - window_s / turns
-    counts = await store.transaction(
-        [
-            (
-                "INSERT INTO usage_rate (owner, tat) VALUES (?, 0) ON CONFLICT (owner) DO NOTHING",
-                (user,),
-            ),
-            (TAKE_TURN, (now, now, interval, user, now, tolerance)),
-        ]
-    )
-    if counts[1] == 1:
-        return
+    await admit(store, user, (turns, window_s), None, now)
+
+
+async def _rate_refusal(
+    store: SessionStore, user: str, now: float, turns: int, window_s: float
+) -> Refused:
+    tolerance = window_s - window_s / turns
     rows, _ = await store.execute("SELECT tat FROM usage_rate WHERE owner = ?", (user,))
-    wait = max(float(rows[0][0]) - tolerance - now, 0.0) if rows else interval
-    raise Refused(
+    wait = max(float(rows[0][0]) - tolerance - now, 0.0) if rows else window_s / turns
+    return Refused(
         "rate_limited",
         f"at most {turns} turns per {window_s:g} s: try again in {wait:.1f} s",
         wait,

@@ -63,7 +63,7 @@ class Settings:
     rate_window_s: float = 60.0
     max_turns: int = 0  # turns at once on this instance, all users (0: no limit)
     plans: dict[str, str] = field(default_factory=dict)  # user -> plan ("read-only", ...)
-    reconcile_on_resume: bool = True  # ledger against the runtime's totals at each resume
+    reconcile_every_s: float = 300.0  # ledger against the runtime's: first resume, then this
 
 
 class Checks:

@@ -153,7 +153,8 @@ def runtime_totals(metrics: Any) -> tuple[int, int, int]:
 async def reconcile(store: SessionStore, user: str, conversation: str, metrics: Any) -> int:
     """Bring the conversation's ledger up to the runtime's totals; return the rows added.
 
-    Call this while holding the conversation (its lease): no turn of it runs meanwhile.
+    Call it while no turn of the conversation runs (the service does, under the turn's lease):
+    a call still being written would otherwise count in the difference row too.
     """
     wanted = runtime_totals(metrics)
     if await totals_of(store, conversation) == wanted:

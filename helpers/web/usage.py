@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from copilot.session import CopilotSession
 
 from helpers.errors import Refused, StoreDown
-from helpers.web.budgets import Hold, give_back, overloaded, take_hold, take_turn
+from helpers.web.budgets import Hold, admit, give_back, overloaded
 from helpers.web.checks import Checks
 from helpers.web.ledger import call_of, reconcile, record, usage_by_day
 from helpers.web.policy import ToolPolicy, audit_of
@@ -48,6 +49,7 @@ class Metering(Checks):
         self.policy = ToolPolicy(lambda: self.store, self.settings.plans)
         self.unmetered = 0  # ledger rows that missed their turn's final event (retried after)
         self.reconciled = 0  # ledger rows added by reconciliation
+        self._reconciled_at: dict[str, float] = {}  # conversation -> when (monotonic)
 
     @contextlib.asynccontextmanager
     async def admitted(self, user: str) -> AsyncIterator[None]:
@@ -58,14 +60,10 @@ class Metering(Checks):
         if not s.metering or not (s.rate_turns or s.budget_tokens):
             yield
             return
-        hold = None
+        rate = (s.rate_turns, s.rate_window_s) if s.rate_turns else None
+        budget = (s.budget_tokens, s.budget_period_s, s.budget_hold_tokens)
         try:
-            if s.rate_turns:
-                await take_turn(self.store, user, s.rate_turns, s.rate_window_s)
-            if s.budget_tokens:
-                hold = await take_hold(
-                    self.store, user, s.budget_tokens, s.budget_period_s, s.budget_hold_tokens
-                )
+            hold = await admit(self.store, user, rate, budget if s.budget_tokens else None)
         except Refused:
             raise
         except Exception as exc:
@@ -135,9 +133,17 @@ class Metering(Checks):
         task.add_done_callback(_background.discard)
 
     async def after_resume(self, user: str, conversation: str, session: CopilotSession) -> None:
-        """Reconcile the conversation's ledger with the runtime's totals (under its lease)."""
-        if not (self.settings.metering and self.settings.reconcile_on_resume):
+        """Reconcile the conversation's ledger with the runtime's totals, the first time this
+        instance resumes it (after a crash elsewhere, or a restart), then at most every
+        ``reconcile_every_s``: a ``getMetrics`` call and a sum on the path of the turn."""
+        s = self.settings
+        now = time.monotonic()
+        if (
+            not s.metering
+            or now - self._reconciled_at.get(conversation, -1e18) < s.reconcile_every_s
+        ):
             return
+        self._reconciled_at[conversation] = now
         try:
             async with asyncio.timeout(RECONCILE_S):
                 metrics = await session.rpc.usage.get_metrics()
