@@ -27,7 +27,7 @@ from helpers.store.session_fs import stored_events
 from helpers.web.budgets import give_back, take_hold, take_turn
 from helpers.web.client import Caller
 from helpers.web.db import open_web_store
-from helpers.web.ledger import runtime_totals, totals_of
+from helpers.web.ledger import Call, record, runtime_totals, totals_of
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -437,3 +437,43 @@ def test_the_ledger_and_policy_hold_on_the_peer_model() -> None:
             )
         finally:
             web.stop()
+
+
+def test_the_operator_command_deletes_a_user(tmp_path: Path, monkeypatch) -> None:
+    """``python -m helpers.web users delete NAME`` on a database the service left (SQLite)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    async def seed() -> None:
+        store = await open_web_store(tmp_path)
+        try:
+            await store.new_id("E")
+            await store.execute(
+                "INSERT INTO tool_audit VALUES ('1', 'E', 'c', 'write_file', '{\"x\": 1}', "
+                "'denied', 'plan', 0)"
+            )
+            await record(store, "E", "c", Call("call-1", "m", 10, 2, 0, None, time.time()))
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    done = subprocess.run(
+        [sys.executable, "-m", "helpers.web", "users", "delete", "E", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0 and "conversations 1" in done.stdout, done.stdout + done.stderr
+
+    async def left() -> tuple[list, list, list]:
+        store = await open_web_store(tmp_path)
+        try:
+            owners, _ = await store.execute("SELECT * FROM sessions WHERE owner = 'E'")
+            audit, _ = await store.execute("SELECT arguments FROM tool_audit WHERE owner = 'E'")
+            ledger, _ = await store.execute("SELECT call_id FROM usage_ledger WHERE owner = 'E'")
+            return owners, audit, ledger
+        finally:
+            await store.close()
+
+    assert asyncio.run(left()) == ([], [("",)], [("c:call-1",)])

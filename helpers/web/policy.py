@@ -63,8 +63,10 @@ def decide(plan: str, tool: str) -> str | None:
 class ToolPolicy:
     """The hooks of one service: the decision before each call, an audit row for each."""
 
-    def __init__(self, store: Callable[[], SessionStore], plans: dict[str, str]) -> None:
-        self._store, self.plans = store, plans
+    def __init__(
+        self, store: Callable[[], SessionStore], plans: Callable[[], dict[str, str]]
+    ) -> None:
+        self._store, self._plans = store, plans  # both read at each call: settings may change
         self._open: dict[tuple[str, str, str], list[str]] = {}  # allowed calls awaiting their end
         self.pending: set[asyncio.Task[Any]] = set()
 
@@ -73,7 +75,7 @@ class ToolPolicy:
 
         async def before(data: dict[str, Any], _: Any) -> dict[str, Any]:
             user = user_of(data.get("sessionId", "")) or ""
-            plan = self.plans.get(user, "default")
+            plan = self._plans().get(user, "default")
             reason = decide(plan, data.get("toolName", "")) if user else "no user for this session"
             outcome = "denied" if reason else "allowed"
             audit_id = await self._audit(user, data, outcome, reason or "")

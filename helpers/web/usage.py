@@ -46,7 +46,7 @@ class Metering(Checks):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.policy = ToolPolicy(lambda: self.store, self.settings.plans)
+        self.policy = ToolPolicy(lambda: self.store, lambda: self.settings.plans)
         self.unmetered = 0  # ledger rows that missed their turn's final event (retried after)
         self.reconciled = 0  # ledger rows added by reconciliation
         self._reconciled_at: dict[str, float] = {}  # conversation -> when (monotonic)
