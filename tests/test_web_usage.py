@@ -243,6 +243,28 @@ def test_a_crossing_turn_finishes_the_next_is_refused_before_the_runtime(web, to
         service.settings = saved
 
 
+def test_turns_beyond_the_instances_limit_are_refused_with_retry_after(web, tokens) -> None:
+    service = web.service
+    saved = service.settings
+    service.settings = dataclasses.replace(saved, max_turns=1)
+    try:
+        with httpx.Client(base_url=web.url, timeout=30) as http:
+            cid = http.post("/conversations", headers=auth(tokens["A"])).json()["id"]
+            path, body = f"/conversations/{cid}/messages", {"text": "Remember: load is L."}
+            web.loop.call_soon_threadsafe(service.begin, "someone")  # a turn running elsewhere
+            time.sleep(0.1)
+            before = web.model_requests()
+            refused = http.post(path, json=body, headers=auth(tokens["A"]))
+            assert refused.status_code == 503 and refused.json()["error"] == "overloaded"
+            assert int(refused.headers["Retry-After"]) >= 1 and web.model_requests() == before
+            web.loop.call_soon_threadsafe(service._end, "someone")
+            time.sleep(0.1)
+            served = http.post(path, json=body, headers=auth(tokens["A"]))
+            assert served.status_code == 200 and "event: message" in served.text
+    finally:
+        service.settings = saved
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest) -> Iterator[str]:
     before = os.environ.get("DATABASE_URL")

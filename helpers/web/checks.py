@@ -23,6 +23,7 @@ from helpers.serving.locks import SessionLocks
 from helpers.serving.pool import SessionPool
 from helpers.store.base import SessionStore
 from helpers.web.auth import TokenBook
+from helpers.web.budgets import overloaded
 from helpers.web.outcomes import KeyReused
 from helpers.web.turns import Turn
 
@@ -111,6 +112,8 @@ class Checks:
             raise Draining("this instance is shutting down: try again in a moment")
         if problem := self.runtime_problem():
             raise RuntimeDown(f"{problem}; try again in a moment")
+        if self.settings.max_turns and self.running() >= self.settings.max_turns:
+            raise overloaded(self.running(), self.settings.max_turns)  # all users together
         if self._running.get(user, 0) >= self.settings.turns_per_user:
             raise TooManyTurns(
                 f"User {user} already has {self.settings.turns_per_user} turns running: "
