@@ -430,7 +430,7 @@ def test_the_ledger_and_policy_hold_on_the_peer_model() -> None:
         os.environ.update(peer.env())
         try:
             web = ServiceThread(
-                Settings(turn_timeout_s=30, plans={"R": "read-only"}, backend="byok")
+                Settings(turn_timeout_s=30, plans={"P": "read-only"}, backend="byok")
             )
         finally:
             for k, v in saved.items():
@@ -439,20 +439,23 @@ def test_the_ledger_and_policy_hold_on_the_peer_model() -> None:
                 else:
                     os.environ[k] = v
         try:
-            token = run(web, web.service.tokens.issue("R"))
+            token = run(web, web.service.tokens.issue("P"))
 
             async def use() -> str:
-                async with Caller(web.url, token) as r:
-                    cid = await r.create()
-                    assert (await r.send(cid, "Remember: the peer fact is P.")).done
-                    await r.ask('Create a file peer.md with the text "hello"')
+                async with Caller(web.url, token) as p:
+                    cid = await p.create()
+                    assert (await p.send(cid, "Remember: the peer fact is P.")).done
+                    await p.ask('Create a file peer.md with the text "hello"')
                     return cid
 
             before = peer.answered
             cid = run(web, use())
             calls = peer.answered - before
-            assert len(ledger_rows(web)) == calls, f"peer calls {calls}"
-            rows, _ = run(web, web.service.store.execute("SELECT tool, outcome FROM tool_audit"))  # type: ignore[misc]
+            assert len(ledger_rows(web, "owner = 'P'")) == calls, f"peer calls {calls}"
+            rows, _ = run(
+                web,
+                web.service.store.execute("SELECT tool, outcome FROM tool_audit WHERE owner = 'P'"),
+            )  # type: ignore[misc]
             assert rows == [("write_file", "denied")], rows
             assert run(web, totals_of(web.service.store, cid)) == run(
                 web, runtime_metrics(web, cid)
