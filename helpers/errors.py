@@ -113,3 +113,14 @@ class StoreDown(TutorialError, RuntimeError):
 
 class NotStored(TutorialError, RuntimeError):
     """A turn ended, but its events are not where they should be in the store: not done."""
+
+
+class Refused(TutorialError, RuntimeError):
+    """A turn refused before it starts (HTTP 429): ``code`` names why, ``retry_after_s`` when
+    waiting helps, ``detail`` what the caller may read (budget, limit, when it resets)."""
+
+    def __init__(
+        self, code: str, message: str, retry_after_s: float, detail: dict | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code, self.retry_after_s, self.detail = code, retry_after_s, dict(detail or {})

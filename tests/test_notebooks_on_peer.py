@@ -28,6 +28,11 @@ SHOWN = {
     "05": ["every one of the", "{'x-one'"],
     "06": ["each of the 8 files is in its own user's filesystem"],
     "07": ["A's conversation is untouched", "B's file reached B's ask, and only B's"],
+    "09": [
+        "the read-only write was denied before it ran",
+        "B cannot tell the two apart",
+        "the plan denied B the write before it ran",
+    ],
 }
 ALL = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -55,6 +55,10 @@ RULES: dict[str, p.Rule] = {
     "PROMPT": p.text(r"\S[^\x00-\x1f\x7f]{0,498}\S", "one line of 2 to 500 characters"),
     # notebook 07
     "TURNS_PER_USER": p.number(2, 16),
+    # notebook 09
+    "BUDGET_TOKENS": p.number(100, 10**9),
+    "BUDGET_PERIOD_S": p.number(2, 86400),
+    "METER_TURNS": p.number(2, 200),
 }
 COUNTS = {
     "USERS_AT_ONCE",
@@ -66,6 +70,8 @@ COUNTS = {
     "AT_ONCE",
     "ISOLATION_REQUESTS",
     "TURNS_PER_USER",
+    "BUDGET_TOKENS",
+    "METER_TURNS",
 }
 
 

@@ -1,4 +1,5 @@
-"""``python -m helpers.web``: the web backend on its own; ``... tokens``: its sign-in tokens.
+"""``python -m helpers.web``: the web backend on its own; ``... tokens``: its sign-in tokens;
+``... users delete NAME``: a user's content and access gone, their usage kept (``users.py``).
 
 The service keeps conversations, owners, users' files and tokens in its database: the SQLite file
 ``sessions.db`` in the data folder (``--data``, default ``tmp/web-data``), or PostgreSQL when
@@ -25,6 +26,7 @@ from helpers.web.db import open_web_store
 
 DATA = TMP / "web-data"
 TOKENS = TMP / "web-tokens.json"
+MAX_TURNS = 16  # where one runtime stopped scaling on the test machine (README, notebook 09)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -39,6 +41,11 @@ async def serve(args: argparse.Namespace) -> None:
         schema=args.schema,
         lease_ttl_s=args.lease_ttl_s,
         version_label=args.version_label,
+        max_turns=args.max_turns,
+        budget_tokens=args.budget_tokens,
+        budget_period_s=args.budget_period_s,
+        rate_turns=args.rate_turns,
+        plans={user: "read-only" for user in args.read_only.split(",") if user},
     )
     web = await start_web(folder, settings, args.host, args.port)
     users = [user for user in args.users.split(",") if user]
@@ -108,6 +115,18 @@ async def tokens(args: argparse.Namespace) -> int:
         await store.close()
 
 
+async def users(args: argparse.Namespace) -> int:
+    from helpers.web.users import delete_user
+
+    store = await open_web_store(Path(args.data), schema=args.schema)
+    try:
+        counts = await delete_user(store, args.user)
+    finally:
+        await store.close()
+    print(f"Deleted {args.user}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)).ljust(17)
 
@@ -131,6 +150,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--version-label", default="", help="this instance's code version (default: the package's)"
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
+    parser.add_argument(
+        "--max-turns", type=int, default=MAX_TURNS, help="turns at once, all users (0: no limit)"
+    )
+    parser.add_argument("--budget-tokens", type=int, default=0, help="per user per period")
+    parser.add_argument("--budget-period-s", type=float, default=86400.0, help="a day")
+    parser.add_argument("--rate-turns", type=int, default=0, help="turns per user per minute")
+    parser.add_argument("--read-only", default="", help="users on the read-only plan (a,b)")
     sub = parser.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="as above")
@@ -145,6 +171,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     actions.add_parser("list", parents=[common], help="every token: user, id, times (no token)")
     revoke = actions.add_parser("revoke", parents=[common], help="revoke a user's tokens or one")
     revoke.add_argument("who", help="a user name, or a token id from 'tokens list'")
+    people = sub.add_parser("users", parents=[common], help="delete a user (usage kept)")
+    people_actions = people.add_subparsers(dest="action", required=True)
+    delete = people_actions.add_parser(
+        "delete", parents=[common], help="their conversations, files, tokens; ledger kept"
+    )
+    delete.add_argument("user")
     return parser.parse_args(argv)
 
 
@@ -152,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.command == "tokens":
         return asyncio.run(tokens(args))
+    if args.command == "users":
+        return asyncio.run(users(args))
     asyncio.run(serve(args))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from helpers.errors import (
     Draining,
     LeaseBusy,
     NotYourSession,
+    Refused,
     RuntimeDown,
     StoreDown,
     TooManyTurns,
@@ -123,6 +125,32 @@ class Status(BaseModel):
 
 class Aborted(BaseModel):
     running: bool = Field(description="whether a turn of the conversation was running")
+
+
+class UsageDay(BaseModel):
+    day: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost: float | None
+
+
+class UsageDays(BaseModel):
+    days: list[UsageDay]
+
+
+class AuditRow(BaseModel):
+    at: float
+    conversation: str
+    tool: str
+    arguments: str
+    outcome: str
+    reason: str
+
+
+class AuditRows(BaseModel):
+    calls: list[AuditRow]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -241,7 +269,9 @@ def create_app(service: Service) -> FastAPI:
         """
         await service.check_owner(user, conversation_id)
         await service.check_store()
-        return _stream(await service.send_once(user, conversation_id, body.text, idempotency_key))
+        async with service.admitted(user):  # budget, rate, load: refused before the runtime
+            events = await service.send_once(user, conversation_id, body.text, idempotency_key)
+        return _stream(events)
 
     @app.get(
         "/conversations/{conversation_id}/messages",
@@ -281,8 +311,10 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/ask", responses={**SSE_DOC, **_errors(401, 413, 422, 429, 503)})
     async def ask(body: MessageIn, user: User) -> EventSourceResponse:
         """A one-off question with your files (three file tools); no session is kept after."""
-        service.begin(user)
-        return _stream(service.ask(user, body.text).events())
+        async with service.admitted(user):
+            service.begin(user)
+            turn = service.ask(user, body.text)
+        return _stream(turn.events())
 
     @app.get("/files", response_model=Files, responses=_errors(401, 503))
     async def files(user: User) -> Files:
@@ -300,7 +332,38 @@ def create_app(service: Service) -> FastAPI:
         await service.files_of(user).write(path, body.content)
         return FileInfo(path=path, bytes=len(body.content.encode()))
 
+    _usage_routes(app, service)
     return app
+
+
+def _usage_routes(app: FastAPI, service: Service) -> None:
+    @app.get("/usage", response_model=UsageDays, responses=_errors(401, 503))
+    async def usage(user: User) -> UsageDays:
+        """Your usage per day (UTC), from the ledger: one row per model call behind it."""
+        return UsageDays(days=await service.usage_of(user))
+
+    @app.get(
+        "/conversations/{conversation_id}/usage",
+        response_model=UsageDays,
+        responses=_errors(401, 404, 503),
+    )
+    async def conversation_usage(conversation_id: str, user: User) -> UsageDays:
+        """One of your conversations' usage per day (another's: 404, as an unknown one)."""
+        return UsageDays(days=await service.usage_of(user, conversation_id))
+
+    @app.get("/audit", response_model=AuditRows, responses=_errors(401, 503))
+    async def audit(user: User) -> AuditRows:
+        """Your tool calls, newest first: tool, arguments (secrets redacted), outcome."""
+        return AuditRows(calls=await service.audit_of(user))
+
+    @app.get(
+        "/conversations/{conversation_id}/audit",
+        response_model=AuditRows,
+        responses=_errors(401, 404, 503),
+    )
+    async def conversation_audit(conversation_id: str, user: User) -> AuditRows:
+        """One of your conversations' tool calls (another's: 404, as an unknown one)."""
+        return AuditRows(calls=await service.audit_of(user, conversation_id))
 
 
 def _stream(turn: AsyncIterator[Event]) -> EventSourceResponse:
@@ -375,6 +438,13 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(TooManyTurns)
     async def too_many(request: Request, exc: TooManyTurns) -> JSONResponse:
         return _json(429, "too_many_turns", str(exc), **{"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        status = 503 if exc.code == "overloaded" else 429
+        body = {"error": exc.code, "message": str(exc), **exc.detail}
+        wait = str(max(1, math.ceil(exc.retry_after_s)))
+        return JSONResponse(body, status_code=status, headers={"Retry-After": wait})
 
     @app.exception_handler(VfsError)
     async def bad_file(request: Request, exc: VfsError) -> JSONResponse:

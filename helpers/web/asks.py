@@ -40,8 +40,11 @@ class Asks(Checks):
         return UserFiles(self.store, user)
 
     def _fs_of_session(self, session_id: str) -> UserFiles | None:
-        user = self.pool.user_of(session_id) or self._asking.get(session_id)
+        user = self._user_of_ask(session_id)
         return self.files_of(user) if user else None
+
+    def _user_of_ask(self, session_id: str) -> str | None:
+        return self.pool.user_of(session_id) or self._asking.get(session_id)
 
     async def _create_pooled(self) -> CopilotSession:
         return await self._create_ask_session(self.backend.session_kwargs())
@@ -53,6 +56,7 @@ class Asks(Checks):
             available_tools=ALLOWLIST,
             streaming=True,
             create_session_fs_handler=store_fs(self.store),
+            hooks=self.tool_hooks(self._user_of_ask),
             **model_kwargs,
         )
 
@@ -79,7 +83,8 @@ class Asks(Checks):
                 self.settings.turn_timeout_s,
                 self.settings.abort_abandoned,
                 finished=lambda: self._end(user),
-            )
+            ),
+            user,
         )
 
     @contextlib.asynccontextmanager

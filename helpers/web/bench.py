@@ -213,6 +213,138 @@ async def compare(
     return points
 
 
+METERED = {"metering": True, "budget_tokens": 10**12, "rate_turns": 10**6, "max_turns": 10**6}
+UNMETERED = {"metering": False, "budget_tokens": 0, "rate_turns": 0, "max_turns": 0}
+
+
+@dataclass
+class Metered:
+    """One HTTP run with metering on or off: its point, the server's CPU, the ledger's count."""
+
+    on: bool
+    point: Point
+    cpu_s: float
+    model_calls: int
+    ledger_rows: int
+
+    def row(self) -> dict[str, object]:
+        turns = len(self.point.samples)
+        return {
+            "metering": "on" if self.on else "off",
+            "users": self.point.users,
+            "turns": turns,
+            "whole reply median ms": round(self.point.quantile("last", 0.5), 1),
+            "p95 ms": round(self.point.quantile("last", 0.95), 1),
+            "server CPU ms/turn": round(1000 * self.cpu_s / max(turns, 1), 2),
+            "model calls": self.model_calls,
+            "ledger rows": self.ledger_rows,
+            "errors": self.point.errors,
+        }
+
+
+async def metering(
+    service: Service, url: str, levels: tuple[int, ...] = (1, 16), turns: int = 3, rounds: int = 2
+) -> list[Metered]:
+    """HTTP turns with the ledger, budget, rate and policy on against off, alternated per round."""
+    import dataclasses
+
+    base = service.settings
+    runs = []
+    try:
+        for users in levels:
+            for _ in range(rounds):
+                for on in (False, True):
+                    service.settings = dataclasses.replace(base, **(METERED if on else UNMETERED))
+                    runs.append(await _metered_run(service, url, users, turns, on))
+    finally:
+        service.settings = base
+    return runs
+
+
+async def _metered_run(service: Service, url: str, users: int, turns: int, on: bool) -> Metered:
+    rows_before = await _ledger_rows(service)
+    calls_before = _model_calls(service)
+    cpu_before = time.process_time()
+    point = await measure(service, url, "HTTP", users, turns)
+    cpu_s = time.process_time() - cpu_before
+    await asyncio.sleep(0.2)  # background ledger retries, if any
+    return Metered(
+        on,
+        point,
+        cpu_s,
+        _model_calls(service) - calls_before,
+        await _ledger_rows(service) - rows_before,
+    )
+
+
+async def _ledger_rows(service: Service) -> int:
+    rows, _ = await service.store.execute("SELECT COUNT(*) FROM usage_ledger")
+    return int(rows[0][0])
+
+
+def _model_calls(service: Service) -> int:
+    standin = service.backend.standin
+    return standin.requests[-1].number if standin is not None and standin.requests else 0
+
+
+async def metering_work(service: Service, users: int, turns: int = 20) -> tuple[float, float]:
+    """Milliseconds (median, p95) of metering's own database work per turn, ``users`` at once:
+    the admission (rate and budget in one transaction), one ledger row, the hold given back."""
+    from helpers.web.budgets import admit, give_back
+    from helpers.web.ledger import Call, record
+
+    tag = secrets.token_hex(3)
+    took: list[float] = []
+
+    async def one(user: str) -> None:
+        for n in range(turns):
+            started = time.perf_counter()
+            hold = await admit(service.store, user, (10**6, 60.0), (10**12, 86400.0, 1000))
+            call = Call(f"{tag}-{n}", "bench", 900, 20, 0, None, time.time())
+            await record(service.store, user, f"bench-{user}", call)
+            if hold is not None:
+                await give_back(service.store, hold)
+            took.append(1000 * (time.perf_counter() - started))
+
+    await asyncio.gather(*(one(f"m{tag}{u}") for u in range(users)))
+    await service.store.execute("DELETE FROM usage_ledger WHERE model = 'bench'")
+    took.sort()
+    return took[len(took) // 2], took[round(0.95 * (len(took) - 1))]
+
+
+def metering_summary(runs: list[Metered]) -> list[str]:
+    """Milliseconds and CPU added per turn by metering, per level (pooled over the rounds)."""
+    lines = []
+    for users in sorted({r.point.users for r in runs}):
+
+        def pooled(on: bool, q: float, users: int = users) -> float:
+            samples = [
+                s for r in runs if r.on is on and r.point.users == users for s in r.point.samples
+            ]
+            return Point("HTTP", users, samples).quantile("last", q)
+
+        def cpu(on: bool, users: int = users) -> float:
+            mine = [r for r in runs if r.on is on and r.point.users == users]
+            return (
+                1000 * sum(r.cpu_s for r in mine) / max(sum(len(r.point.samples) for r in mine), 1)
+            )
+
+        median = pooled(True, 0.5) - pooled(False, 0.5)
+        p95 = pooled(True, 0.95) - pooled(False, 0.95)
+        ratio = pooled(True, 0.5) / pooled(False, 0.5)
+        lines.append(
+            f"at {users} users, metering on - off: median {median:+.1f} ms, p95 {p95:+.1f} ms, "
+            f"ratio of medians {ratio:.2f}x, server CPU {cpu(True) - cpu(False):+.2f} ms/turn"
+        )
+    on = [r for r in runs if r.on]
+    exact = all(r.ledger_rows == r.model_calls for r in on)
+    lines.append(
+        f"ledger exact (model calls = ledger rows) in every metered run: {exact} "
+        f"({sum(r.model_calls for r in on)} calls, {sum(r.ledger_rows for r in on)} rows)"
+    )
+    return lines
+
+
 def overhead(points: list[Point], users: int, what: str = "last") -> float:
     """HTTP's median over in-process's, at ``users``, for ``first`` or ``last`` token."""
     by_mode = {p.mode: p for p in points if p.users == users}

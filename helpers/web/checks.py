@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from copilot import CopilotClient
+from copilot.session import CopilotSession
 from copilot.tools import Tool
 
 from helpers.errors import Draining, NotYourSession, RuntimeDown, StoreDown, TooManyTurns
@@ -21,6 +23,7 @@ from helpers.serving.locks import SessionLocks
 from helpers.serving.pool import SessionPool
 from helpers.store.base import SessionStore
 from helpers.web.auth import TokenBook
+from helpers.web.budgets import overloaded
 from helpers.web.outcomes import KeyReused
 from helpers.web.turns import Turn
 
@@ -57,6 +60,15 @@ class Settings:
     data: str = ""  # the folder of the SQLite file and the instance id ("": the service's folder)
     instance: str = ""  # this instance's stable name ("": made once, kept in the data folder)
     token_days: float = 30.0  # how long a sign-in token is valid
+    metering: bool = True  # the ledger, the tool policy and audit, budgets and rates (usage.py)
+    budget_tokens: int = 0  # tokens per user per period (0: no budget)
+    budget_period_s: float = 86400.0
+    budget_hold_tokens: int = 1000  # held per running turn: a turn starts only if these fit
+    rate_turns: int = 0  # turns per user per rate window (0: no rate)
+    rate_window_s: float = 60.0
+    max_turns: int = 0  # turns at once on this instance, all users (0: no limit)
+    plans: dict[str, str] = field(default_factory=dict)  # user -> plan ("read-only", ...)
+    reconcile_every_s: float = 300.0  # ledger against the runtime's: first resume, then this
 
 
 class Checks:
@@ -107,6 +119,8 @@ class Checks:
             raise Draining("this instance is shutting down: try again in a moment")
         if problem := self.runtime_problem():
             raise RuntimeDown(f"{problem}; try again in a moment")
+        if self.settings.max_turns and self.running() >= self.settings.max_turns:
+            raise overloaded(self.running(), self.settings.max_turns)  # all users together
         if self._running.get(user, 0) >= self.settings.turns_per_user:
             raise TooManyTurns(
                 f"User {user} already has {self.settings.turns_per_user} turns running: "
@@ -156,7 +170,14 @@ class Checks:
         except Exception as exc:
             raise StoreDown(f"the database did not answer ({type(exc).__name__})") from exc
 
-    def _track(self, turn: Turn) -> Turn:
+    async def after_resume(self, user: str, conversation: str, session: CopilotSession) -> None:
+        """What to do with a resumed session before its turn (metering reconciles)."""
+
+    def tool_hooks(self, user_of: Callable[[str], str | None]) -> dict[str, Any] | None:
+        """The hooks of a session whose user ``user_of(session_id)`` names (none here)."""
+        return None
+
+    def _track(self, turn: Turn, user: str = "") -> Turn:
         self._turns.add(turn)
         turn.task.add_done_callback(lambda _: self._turns.discard(turn))
         return turn

@@ -260,7 +260,8 @@ class Conversations(Checks):
                 after=stored,
                 finished=lambda: self._end(user),
                 settle=settle,
-            )
+            ),
+            user,
         )
 
     async def _let_go(self, conversation: str, holder: str) -> None:
@@ -316,13 +317,16 @@ class Conversations(Checks):
             streaming=True,
             tools=self.conversation_tools,
             available_tools=[f"custom:{tool.name}" for tool in self.conversation_tools],
+            hooks=self.tool_hooks(lambda _: user),
             **self._model_kwargs(user),
         )
         holder = lease.holder if lease is not None else None
         try:
             if not await resume_or_create(self.store, conversation, holder):
                 return await self.client.create_session(session_id=conversation, **options)
-            return await self.client.resume_session(conversation, **options)
+            session = await self.client.resume_session(conversation, **options)
+            await self.after_resume(user, conversation, session)
+            return session
         except Exception as exc:
             if failed.is_set():  # the runtime failed because our store did: say so (503)
                 raise StoreDown("the database did not answer while the session opened") from exc

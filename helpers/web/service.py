@@ -33,11 +33,12 @@ from helpers.web.db import (
 )
 from helpers.web.instances import Liveness
 from helpers.web.outcomes import orphan_claims_of
+from helpers.web.usage import Metering
 
 STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
 
 
-class Service(Conversations, Asks, Liveness):
+class Service(Metering, Conversations, Asks, Liveness):
     """One runtime and its client; the store (owners, files, leases); tokens, locks, pool, drain."""
 
     # --- start, stop, health -------------------------------------------------------------

@@ -133,6 +133,8 @@ class Turn:
         self._stop_code = "stopped"
         self.store_failed = asyncio.Event()  # set when a store call made for this turn failed
         self._told = False  # the reader was told the end before the turn let go
+        self.on_usage: Callable[[str, Any], None] | None = None  # each ``assistant.usage``
+        self.metering: Callable[[Event], Awaitable[Event]] | None = None  # before the final
         self._start = time.perf_counter()
         self.task = asyncio.ensure_future(self._run())
 
@@ -194,6 +196,8 @@ class Turn:
                     final = await self._settle(self, final)
                 except Exception as exc:
                     log.warning("settling a turn failed: %r", exc)
+            if self.metering is not None:  # the ledger's rows of this turn, written or not
+                final = await self.metering(final)
             if not self._told:
                 self._queue.put_nowait(final)
         finally:
@@ -237,6 +241,8 @@ class Turn:
                 content = getattr(event.data, "content", "") or ""
                 if content:
                     texts.append(content)
+            elif kind == "assistant.usage" and self.on_usage is not None:
+                self.on_usage(session.session_id, event)
             elif kind == "session.error":
                 errors.append(getattr(event.data, "message", "") or "session error")
                 ended.set()
