@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from helpers.run import TMP, relative, remove_dir, run_dir
+from helpers.tools.slow_read import slow_read_tool
 from helpers.web.auth import DAYS, TokenBook
 from helpers.web.db import open_web_store
 
@@ -39,7 +40,8 @@ async def serve(args: argparse.Namespace) -> None:
         schema=args.schema,
         lease_ttl_s=args.lease_ttl_s,
     )
-    web = await start_web(folder, settings, args.host, args.port)
+    tools = [slow_read_tool(args.slow_read_s)] if args.slow_read_s > 0 else None
+    web = await start_web(folder, settings, args.host, args.port, tools=tools)
     users = [user for user in args.users.split(",") if user]
     tokens = await reuse_or_issue(web.service.tokens, users, args.tokens_file)
     private_file(args.tokens_file, json.dumps(tokens, indent=1) + "\n")
@@ -125,6 +127,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instance", default="", help="this instance's stable name")
     parser.add_argument(
         "--lease-ttl-s", type=float, default=30.0, help="how long a stalled turn keeps its lease"
+    )
+    parser.add_argument(
+        "--slow-read-s",
+        type=float,
+        default=0.0,
+        help="give conversations a read_file that takes this long (a demo of long turns)",
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
     sub = parser.add_subparsers(dest="command")
