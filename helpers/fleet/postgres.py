@@ -199,14 +199,16 @@ def start_postgres(
     root: Path | None = None,
     timeout: float = START_TIMEOUT_S,
     hosts: tuple[str, ...] = ("127.0.0.1",),
+    clients: tuple[str, ...] = (),
 ) -> PgServer:
     """Create a cluster in ``root`` (default a new folder in ``tmp/``) and start it.
 
     Args:
         root: A folder of its own for the cluster; removed again by ``stop()``.
         timeout: Seconds to wait for the server to accept connections.
-        hosts: The addresses it listens on (loopback first; others, such as a network
-            namespace's host side, are let in with a password from their /32 only).
+        hosts: The addresses it listens on (loopback first, then, for example, this machine's
+            side of a network namespace's link).
+        clients: Addresses besides loopback let in (with the password), each on its own.
 
     Returns:
         The server; ``url`` is ``postgresql://postgres:<password>@127.0.0.1:<port>/tutorial``.
@@ -227,7 +229,7 @@ def start_postgres(
     server = PgServer(url="", port=0, root=root, hosts=tuple(hosts), _bin_dir=bin_dir, _user=user)
     server._finalizer = weakref.finalize(server, _stop, server._guards, root)
     try:
-        _initdb(bin_dir, root, password, user, hosts)
+        _initdb(bin_dir, root, password, user, clients)
         server.port = free_port()
         server._guards.append(_launch(bin_dir, root, server.port, user, hosts))
         base = f"postgresql://postgres:{password}@127.0.0.1:{server.port}"
@@ -241,7 +243,7 @@ def start_postgres(
 
 
 def _initdb(
-    bin_dir: Path, root: Path, password: str, user: dict[str, object], hosts: tuple[str, ...]
+    bin_dir: Path, root: Path, password: str, user: dict[str, object], clients: tuple[str, ...]
 ) -> None:
     pwfile = root / "pwfile"
     pwfile.write_text(password)
@@ -271,10 +273,9 @@ def _initdb(
     if done.returncode != 0:
         tail = redact("\n".join((done.stdout + done.stderr).splitlines()[-15:]), [password])
         raise PostgresStartError(f"initdb failed (exit code {done.returncode}):\n{tail}")
-    with (root / "data" / "pg_hba.conf").open("a") as hba:  # each other address: itself only
-        for host in hosts:
-            if host != "127.0.0.1":
-                hba.write(f"host all all {host}/32 scram-sha-256\n")
+    with (root / "data" / "pg_hba.conf").open("a") as hba:
+        for client in clients:
+            hba.write(f"host all all {client}/32 scram-sha-256\n")
 
 
 def _launch(
