@@ -131,8 +131,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--slow-read-s",
         type=float,
-        default=0.0,
-        help="give conversations a read_file that takes this long (a demo of long turns)",
+        default=float(os.environ.get("WEB_SLOW_READ_S") or 0),
+        help="give conversations a read_file that takes this long, a demo of long turns "
+        "(default $WEB_SLOW_READ_S, else none)",
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
     sub = parser.add_subparsers(dest="command")
