@@ -180,6 +180,12 @@ class Fleet:
         )
         await asyncio.to_thread(self._finalizer)
 
+    def stop_now(self) -> None:
+        """Stop everything at once, without awaiting (for ``at_kernel_exit``); safe to call twice."""
+        if self._control is not None:
+            self._control.cancel()
+        self._finalizer()
+
     async def __aenter__(self) -> Fleet:
         return await self.start()
 
