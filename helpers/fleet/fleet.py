@@ -181,7 +181,7 @@ class Fleet:
         await asyncio.to_thread(self._finalizer)
 
     def stop_now(self) -> None:
-        """Stop everything at once, without awaiting (for ``at_kernel_exit``); safe to call twice."""
+        """Stop everything at once, without awaiting (for ``at_kernel_exit``); twice is harmless."""
         if self._control is not None:
             self._control.cancel()
         self._finalizer()
