@@ -92,7 +92,7 @@ async def pg_store(postgres_url: str) -> AsyncIterator[PostgresStore]:
 PG_HOLDER = """
     import sys, time
     import psycopg
-    from helpers.store.base import fence
+    from helpers.store.base import NOW_POSTGRES, fence
     from helpers.store.postgres import Timeouts
 
     url, schema, session_id = sys.argv[1:]
@@ -100,7 +100,7 @@ PG_HOLDER = """
     options = (f"-c search_path={schema} "
                f"-c idle_in_transaction_session_timeout={int(limits.idle_in_transaction_s * 1000)}")
     with psycopg.connect(url, options=options) as conn:  # a transaction, as the store's fence
-        sql, args = fence(session_id, "server-a#1")
+        sql, args = fence(session_id, "server-a#1", NOW_POSTGRES)
         assert conn.execute(sql.replace("?", "%s"), args).rowcount == 1
         print("locked", flush=True)
         time.sleep(60)

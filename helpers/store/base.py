@@ -75,23 +75,28 @@ _NEXT_PART = (
     "WHERE session_id = ? AND path = ?"
 )
 _INSIDE = "substr(path, 1, ?) = ?"
+# "Now" as the database's clock says it, in UNIX seconds: every lease expiry is written and judged
+# by it, so that app servers whose clocks disagree still agree on who holds a lease.
+NOW_SQLITE = "((julianday('now') - 2440587.5) * 86400.0)"
+NOW_POSTGRES = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"
 # The fence: the first statement of every write made for a request. It matches (and, on
 # PostgreSQL, locks until the transaction ends) the lease row only while ``holder`` holds it
 # unexpired and the session still has its row in ``sessions``; no match, no write.
 _FENCE = (
     "UPDATE session_leases SET holder = holder "
-    "WHERE session_id = ? AND holder = ? AND expires_at >= ? "
+    "WHERE session_id = ? AND holder = ? AND expires_at >= {now} "
     "AND EXISTS (SELECT 1 FROM sessions WHERE session_id = ?)"
 )
 Statement = tuple[str, tuple[Any, ...]]
 T = TypeVar("T")
 
 
-def fence(session_id: str, holder: str | None) -> Statement | None:
-    """The guard statement for a write by ``holder`` (``None``: an unfenced write)."""
+def fence(session_id: str, holder: str | None, now: str) -> Statement | None:
+    """The guard statement for a write by ``holder`` (``None``: an unfenced write); ``now`` is
+    the engine's clock (``SessionStore.NOW``)."""
     if holder is None:
         return None
-    return (_FENCE, (session_id, holder, time.time(), session_id))
+    return (_FENCE.format(now=now), (session_id, holder, session_id))
 
 
 def refused(session_id: str, holder: str) -> WriteRefused:
@@ -142,6 +147,7 @@ class SessionStore(abc.ABC):
     """One interface over two engines; subclasses only say how to run a statement."""
 
     engine: str
+    NOW = NOW_SQLITE  # the database's clock as an SQL expression (UNIX seconds)
 
     @abc.abstractmethod
     async def execute(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[list[tuple], int]:
@@ -358,7 +364,7 @@ class SessionStore(abc.ABC):
     ) -> list[int]:
         if holder is None:
             return await self.transaction(statements)
-        return await self.transaction(statements, guard=fence(session_id, holder))
+        return await self.transaction(statements, guard=fence(session_id, holder, self.NOW))
 
     # Ownership: one row per session in ``sessions``, written before the session's first turn.
 
@@ -472,27 +478,36 @@ class SessionStore(abc.ABC):
         """Take the lease for ``holder`` if it is free or expired, in one statement.
 
         A lease that is held and unexpired is never taken, not even by the same holder: each
-        request brings its own token, so two requests can never both hold one session.
+        request brings its own token, so two requests can never both hold one session. Expiry
+        is judged by the database's clock (``NOW``), never by this server's.
         """
-        now = time.time()
         _, changed = await self.execute(
-            "INSERT INTO session_leases (session_id, holder, expires_at) VALUES (?, ?, ?) "
+            "INSERT INTO session_leases (session_id, holder, expires_at) "
+            f"VALUES (?, ?, {self.NOW} + ?) "
             "ON CONFLICT (session_id) DO UPDATE SET holder = excluded.holder, "
             "expires_at = excluded.expires_at "
-            "WHERE session_leases.expires_at < ?",
-            (session_id, holder, now + ttl_s, now),
+            f"WHERE session_leases.expires_at < {self.NOW}",
+            (session_id, holder, ttl_s),
         )
         return changed == 1
 
     async def extend_lease(self, session_id: str, holder: str, ttl_s: float) -> bool:
         """Push ``holder``'s unexpired lease ``ttl_s`` ahead, in one statement; True if it did."""
-        now = time.time()
         _, changed = await self.execute(
-            "UPDATE session_leases SET expires_at = ? "
-            "WHERE session_id = ? AND holder = ? AND expires_at >= ?",
-            (now + ttl_s, session_id, holder, now),
+            f"UPDATE session_leases SET expires_at = {self.NOW} + ? "
+            f"WHERE session_id = ? AND holder = ? AND expires_at >= {self.NOW}",
+            (ttl_s, session_id, holder),
         )
         return changed == 1
+
+    async def lease_live(self, session_id: str) -> tuple[str, bool] | None:
+        """The current lease's holder and whether it is unexpired by the database's clock."""
+        rows, _ = await self.execute(
+            f"SELECT holder, CASE WHEN expires_at >= {self.NOW} THEN 1 ELSE 0 END "
+            "FROM session_leases WHERE session_id = ?",
+            (session_id,),
+        )
+        return (rows[0][0], bool(rows[0][1])) if rows else None
 
     async def lease_of(self, session_id: str) -> tuple[str, float] | None:
         """The current lease (holder, expiry as a UNIX time), or ``None``."""

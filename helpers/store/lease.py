@@ -85,13 +85,13 @@ class Lease:
 
     async def check(self) -> None:
         """Raise ``LeaseExpired`` unless this token still holds an unexpired lease."""
-        current = await self.store.lease_of(self.session_id)
+        current = await self.store.lease_live(self.session_id)
         if self.lost.is_set() or current is None or current[0] != self.holder:
             self._expired(current)
-        if current[1] < time.time() or time.monotonic() >= self.safe_until:  # type: ignore[index]
+        if not current[1] or time.monotonic() >= self.safe_until:  # type: ignore[index]
             self._expired(current)
 
-    def _expired(self, current: tuple[str, float] | None) -> None:
+    def _expired(self, current: tuple[str, object] | None) -> None:
         self.lost.set()
         taken = current is not None and current[0] != self.holder
         now_held = f", now held by {current[0]}" if taken else ""  # type: ignore[index]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from helpers.errors import StoreDown, StoreError
-from helpers.store.base import SessionStore, Statement, finish, refused
+from helpers.store.base import NOW_POSTGRES, SessionStore, Statement, finish, refused
 
 T = TypeVar("T")
 
@@ -44,6 +44,7 @@ class PostgresStore(SessionStore):
     """
 
     engine = "postgresql"
+    NOW = NOW_POSTGRES
     MIGRATION_LOCK = ("SELECT pg_advisory_xact_lock(720211)", ())
 
     def __init__(self, url: str, schema: str = "", timeouts: Timeouts | None = None) -> None:

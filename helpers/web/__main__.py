@@ -39,6 +39,7 @@ async def serve(args: argparse.Namespace) -> None:
         instance=args.instance,
         schema=args.schema,
         lease_ttl_s=args.lease_ttl_s,
+        version_label=args.version_label,
     )
     tools = [slow_read_tool(args.slow_read_s)] if args.slow_read_s > 0 else None
     web = await start_web(folder, settings, args.host, args.port, tools=tools)
@@ -134,6 +135,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("WEB_SLOW_READ_S") or 0),
         help="give conversations a read_file that takes this long, a demo of long turns "
         "(default $WEB_SLOW_READ_S, else none)",
+    )
+    parser.add_argument(
+        "--version-label", default="", help="this instance's code version (default: the package's)"
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
     sub = parser.add_subparsers(dest="command")

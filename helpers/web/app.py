@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from helpers.errors import (
     Draining,
+    LeaseBusy,
     NotYourSession,
     RuntimeDown,
     StoreDown,
@@ -118,6 +119,10 @@ class Caller(BaseModel):
 
 class Status(BaseModel):
     status: str
+
+
+class Aborted(BaseModel):
+    running: bool = Field(description="whether a turn of the conversation was running")
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -254,9 +259,24 @@ def create_app(service: Service) -> FastAPI:
         responses=_errors(401, 404, 422, 503),
     )
     async def delete(conversation_id: str, user: User) -> Response:
-        """Delete the conversation for good."""
+        """Delete the conversation for good; a turn of it running anywhere is stopped first."""
         await service.delete(user, conversation_id)
         return Response(status_code=204)
+
+    @app.post(
+        "/conversations/{conversation_id}/abort",
+        status_code=202,
+        response_model=Aborted,
+        responses=_errors(401, 404, 422, 503),
+    )
+    async def abort(conversation_id: str, user: User) -> Aborted:
+        """Stop the conversation's running turn, on whichever instance runs it.
+
+        Answers 202 at once: `running` says whether a turn was found running (then its stream
+        ends with the error `aborted`, and its lease is given back, within a moment); `false`:
+        none was (a send still waiting to start is not stopped).
+        """
+        return Aborted(running=await service.abort(user, conversation_id))
 
     @app.post("/ask", responses={**SSE_DOC, **_errors(401, 413, 422, 429, 503)})
     async def ask(body: MessageIn, user: User) -> EventSourceResponse:
@@ -361,6 +381,7 @@ def _handlers(app: FastAPI) -> None:
         return _json(422, "bad_file", str(exc))
 
     for kind, code in (
+        (LeaseBusy, "busy"),
         (Draining, "draining"),
         (RuntimeDown, "runtime_down"),
         (StoreDown, "store_down"),

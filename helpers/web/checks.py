@@ -45,6 +45,10 @@ class Settings:
     drain_timeout_s: float = 60.0
     orphan_age_s: float = 600.0
     supervise_every_s: float = 0.5
+    heartbeat_s: float = 1.0  # how often this instance says it is alive (``web_instances``)
+    dead_after_s: float = 5.0  # an instance not seen for this long is dead: its leases are freed
+    stop_poll_s: float = 0.1  # how often running turns look for stop requests (PG: NOTIFY too)
+    version_label: str = ""  # this instance's code version ("": the package's version)
     abort_abandoned: bool = True
     lock_turns: bool = True
     lease_turns: bool = True
@@ -79,6 +83,9 @@ class Checks:
         self.restarts = 0
         self._running: dict[str, int] = {}
         self._turns: set[Turn] = set()
+        self._leased: dict[str, Turn] = {}  # lease holder -> its turn, while the turn runs here
+        self._stopped: set[str] = set()  # holders whose stop request was taken (rows to delete)
+        self._wake = asyncio.Event()  # a stop request may be waiting: look now
         self._asking: dict[str, str] = {}  # session id -> user, asks made outside the pool
         self.backend: Backend
         self.server: RuntimeServer

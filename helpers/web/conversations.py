@@ -5,25 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, cast
 
 from copilot.session import CopilotSession
 
-from helpers.errors import Draining, NotStored, StoreDown
+from helpers.errors import Draining, LeaseBusy, NotStored, StoreDown
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, held
 from helpers.store.router import resume_or_create
 from helpers.store.session_fs import store_fs, stored_events
 from helpers.web.checks import DISCONNECT_S, Checks
 from helpers.web.db import forget_session_rows
+from helpers.web.instances import request_stop
 from helpers.web.outcomes import Claim, claim, outcome, record, release, stored_reply
 from helpers.web.outcomes import forget as forget_keys
-from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn, error_code
+from helpers.web.turns import PUBLIC_MESSAGES, Event, Turn, error_code, public_message
 
 NO_TURN = ("not_found", "busy", "draining")  # failures that come before the turn reaches the model
 READ_BACK_S = 5.0  # how long reading a failed turn back from the store may take
+DELETING = "delete-"  # starts the token part of a delete's lease holder (not a turn: not stopped)
+ABORTED = "the turn was stopped by an abort request"
+DELETED = "the conversation was deleted"
 _letting_go: set[asyncio.Task[None]] = set()
 
 
@@ -46,14 +51,79 @@ class Conversations(Checks):
         return messages_of(await self._stored(stored_events(self.store, conversation)))
 
     async def delete(self, user: str, conversation: str) -> None:
-        """Delete the conversation for good (after a running turn of it ends)."""
+        """Delete the conversation for good, once a turn of it running on any instance ended.
+
+        The conversation's lease is taken first (a turn holding it is asked to stop, wherever
+        it runs), and the rows are deleted under it, fenced: a stopped turn writes nothing after.
+        """
         await self.check_owner(user, conversation)
-        async with self.locks.turn(conversation, self.settings.turn_timeout_s):
-            with contextlib.suppress(Exception):  # session_fs sessions are the store's to delete
-                await self.client.delete_session(conversation)
-            await self._stored(forget_session_rows(self.store, conversation))
-            await self._stored(forget_keys(self.store, conversation))
+        if not self.settings.lease_turns:  # one instance only: its in-memory lock is enough
+            async with self.locks.turn(conversation, self.settings.turn_timeout_s):
+                await self._forget(conversation, None)
+        else:
+            holder = await self._stored(self._take_for_delete(conversation))
+            try:
+                await self._forget(conversation, holder)
+            except BaseException:
+                await finish(self._let_go(conversation, holder))
+                raise
         self.locks.forget(conversation)
+
+    async def _forget(self, conversation: str, holder: str | None) -> None:
+        with contextlib.suppress(Exception):  # session_fs sessions are the store's to delete
+            await self.client.delete_session(conversation)
+        await self._stored(forget_session_rows(self.store, conversation, holder))
+        await self._stored(forget_keys(self.store, conversation))
+
+    async def _take_for_delete(self, conversation: str) -> str:
+        """Take the conversation's lease for a delete, stopping each turn that holds it."""
+        holder = f"{self.holder}#{DELETING}{secrets.token_hex(6)}"
+        deadline = time.monotonic() + self.settings.lease_ttl_s + self.settings.dead_after_s
+        asked: set[str] = set()
+        while not await self.store.try_lease(conversation, holder, self.settings.lease_ttl_s):
+            current = await self.store.lease_live(conversation)
+            if current is not None and current[1] and current[0] not in asked:
+                asked.add(current[0])
+                await self._ask_stop(current[0], conversation, DELETED)
+            if time.monotonic() >= deadline:
+                raise LeaseBusy(f"conversation {conversation!r} stayed busy: not deleted")
+            await asyncio.sleep(0.05)
+        return holder
+
+    async def abort(self, user: str, conversation: str) -> bool:
+        """Stop the conversation's running turn wherever it runs; True if one was running.
+
+        The turn's stream ends with the error ``aborted``; its lease and lock are given back.
+        A send still waiting to start (not yet holding the lease) is not stopped.
+        """
+        await self.check_owner(user, conversation)
+        current = await self._stored(self.store.lease_live(conversation))
+        if current is None or not current[1] or not _a_turn(current[0]):
+            return False
+        await self._stored(self._ask_stop(current[0], conversation, ABORTED))
+        return True
+
+    async def _ask_stop(self, holder: str, conversation: str, reason: str) -> None:
+        """Stop ``holder``'s turn: here at once, else through a stop request to its instance."""
+        if not _a_turn(holder):
+            return
+        turn = self._leased.get(holder)
+        if turn is not None:
+            turn.stop(reason, "aborted")
+            return
+        await request_stop(self.store, holder, conversation, reason)
+
+    @contextlib.contextmanager
+    def _listed(self, holder: str | None, turn: Turn) -> Iterator[None]:
+        """Know ``holder``'s turn while it runs here (for stop requests)."""
+        if holder is None:
+            yield
+            return
+        self._leased[holder] = turn
+        try:
+            yield
+        finally:
+            self._leased.pop(holder, None)
 
     async def send_once(
         self, user: str, conversation: str, text: str, key: str | None = None
@@ -73,7 +143,7 @@ class Conversations(Checks):
         if took.events is not None:
             return _replay(took.events)
         if took.state == "running":
-            return _replay(outcome(self.store, user, conversation, key, stale_s))
+            return self._after_running(user, conversation, text, key, stale_s)
         if took.taken_over:  # its process ended mid-turn: was the turn stored before it did?
             since = took.first_since - 1.0  # the earlier run's message, not only this one's
             reply = await self._stored(stored_reply(self.store, conversation, text, "", since))
@@ -88,6 +158,27 @@ class Conversations(Checks):
                 await release(self.store, user, conversation, key, took.holder)
             raise
         return self.send(user, conversation, text, key, took).events()
+
+    async def _after_running(
+        self, user: str, conversation: str, text: str, key: str, stale_s: float
+    ) -> AsyncIterator[Event]:
+        """Replay the outcome of the key's running send, or run it if its instance died."""
+        try:
+            kept = await outcome(self.store, user, conversation, key, stale_s)
+        except Exception:
+            kept = [("error", {"error": "store_down", "message": PUBLIC_MESSAGES["store_down"]})]
+        if kept is None:  # orphaned: the instance running it died (``instances.reap``)
+            try:
+                events = await self.send_once(user, conversation, text, key)
+            except Exception as exc:
+                code = error_code(exc)
+                kept = [("error", {"error": code, "message": public_message(code, str(exc))})]
+            else:
+                async for event in events:
+                    yield event
+                return
+        for event in kept:
+            yield event
 
     def send(
         self,
@@ -108,18 +199,22 @@ class Conversations(Checks):
                 try:
                     async with self._lease(conversation) as lease:
                         holder = lease.holder if lease is not None else None
-                        session = await self._open(user, conversation, lease, turn.store_failed)
-                        try:
-                            yield session
-                        finally:  # a cancelled caller cannot cut it (notebook 04's finish)
-                            # The runtime flushes the turn's writes first: after a store failure
-                            # (the reader already told) that lasts as long as the database stalls,
-                            # and no next turn may open the session before it ends (the lease).
-                            wait_s = DISCONNECT_S
-                            if turn.store_failed.is_set():
-                                wait_s = max(DISCONNECT_S, self.settings.lease_ttl_s)
-                            with contextlib.suppress(Exception):
-                                await finish(asyncio.wait_for(session.disconnect(), wait_s))
+                        with self._listed(holder, turn):
+                            if holder is not None:  # deleted on another instance meanwhile?
+                                await self.check_owner(user, conversation)
+                            session = await self._open(user, conversation, lease, turn.store_failed)
+                            try:
+                                yield session
+                            finally:  # a cancelled caller cannot cut it (notebook 04's finish)
+                                # The runtime flushes the turn's writes first: after a store
+                                # failure (the reader already told) that lasts as long as the
+                                # database stalls, and no next turn may open the session before
+                                # it ends (the lease).
+                                wait_s = DISCONNECT_S
+                                if turn.store_failed.is_set():
+                                    wait_s = max(DISCONNECT_S, self.settings.lease_ttl_s)
+                                with contextlib.suppress(Exception):
+                                    await finish(asyncio.wait_for(session.disconnect(), wait_s))
                 except BaseException:
                     if holder is not None:
                         await finish(self._let_go(conversation, holder))
@@ -251,6 +346,11 @@ class Conversations(Checks):
                 "this turn's message and reply are not the last in the conversation's stored "
                 "events (another turn ran at the same time?): not reported done"
             )
+
+
+def _a_turn(holder: str) -> bool:
+    """Whether a lease holder is a running turn's (not a delete's, nor a retired lease)."""
+    return "/" not in holder and f"#{DELETING}" not in holder
 
 
 def watched(store: SessionStore, failed: asyncio.Event) -> SessionStore:

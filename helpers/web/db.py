@@ -14,7 +14,7 @@ from pathlib import Path
 
 from helpers.errors import StoreError
 from helpers.store import open_store
-from helpers.store.base import SessionStore
+from helpers.store.base import SessionStore, fence
 from helpers.store.schema import register_migration
 
 # Version 2: what the web service keeps besides sessions. Users' files (the file tools' and the
@@ -95,13 +95,15 @@ async def free_leases_of(store: SessionStore, label: str) -> int:
     return changed
 
 
-async def forget_session_rows(store: SessionStore, session_id: str) -> int:
+async def forget_session_rows(
+    store: SessionStore, session_id: str, holder: str | None = None
+) -> int:
     """Delete one session's rows in every table (its files, lease and owner), in one transaction;
-    return the file rows deleted."""
+    return the file rows deleted. With ``holder``, only while it holds the session's lease."""
     tables = (*store.PER_SESSION_TABLES, "sessions")
-    counts = await store.transaction(
-        [(f"DELETE FROM {table} WHERE session_id = ?", (session_id,)) for table in tables]
-    )
+    statements = [(f"DELETE FROM {table} WHERE session_id = ?", (session_id,)) for table in tables]
+    guard = fence(session_id, holder, store.NOW)
+    counts = await store.transaction(statements, guard=guard)
     return counts[list(tables).index("session_files")]
 
 

@@ -175,13 +175,18 @@ async def release(store: SessionStore, user: str, conversation: str, key: str, h
 
 async def outcome(
     store: SessionStore, user: str, conversation: str, key: str, timeout_s: float
-) -> list[tuple[str, dict[str, Any]]]:
-    """Wait (up to ``timeout_s``) for a running send of ``key`` to end; return its events."""
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """Wait (up to ``timeout_s``) for a running send of ``key`` to end; return its events.
+
+    ``None``: the run was orphaned meanwhile (its instance died): the caller takes the key over.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         rows, _ = await store.execute(
             f"SELECT state, result FROM web_idempotency {_KEYED}", (user, conversation, key)
         )
+        if rows and rows[0][0] == "orphaned":
+            return None
         if rows and rows[0][0] != "running" and rows[0][1]:
             return [tuple(e) for e in json.loads(rows[0][1])]  # type: ignore[misc]
         if not rows:
@@ -194,8 +199,9 @@ async def outcome(
 async def orphan_claims_of(store: SessionStore, label: str) -> int:
     """Mark the runs still ``running`` under ``label`` as orphaned; return how many.
 
-    Only for this instance's own label at start: its previous process is gone, so a retry of one
-    of those sends need not wait ``stale_s``; it reads the store back and takes the key over.
+    For this instance's own label at start (its previous process is gone), and for a dead
+    instance's (``instances.reap``): a retry of one of those sends, or one waiting for it, need
+    not wait ``stale_s``; it reads the store back and takes the key over.
     """
     prefix = label + "#"
     _, changed = await store.execute(

@@ -31,12 +31,13 @@ from helpers.web.db import (
     open_web_store,
     stored_orphans,
 )
+from helpers.web.instances import Liveness
 from helpers.web.outcomes import orphan_claims_of
 
 STOP_TURNS_S = 10.0  # the longest a stop waits for aborted turns to let go
 
 
-class Service(Conversations, Asks):
+class Service(Conversations, Asks, Liveness):
     """One runtime and its client; the store (owners, files, leases); tokens, locks, pool, drain."""
 
     # --- start, stop, health -------------------------------------------------------------
@@ -62,8 +63,10 @@ class Service(Conversations, Asks):
             # (that process is gone), so its conversations' next turns need not wait the TTL.
             self.freed = await free_leases_of(self.store, self.holder)
             await orphan_claims_of(self.store, self.holder)  # and the sends it was running
+            await self.start_liveness()  # heartbeat; free what dead instances held
             await self._connect()
         except BaseException:
+            self.cancel_liveness()
             self._unlock()
             raise
         self._supervisor = asyncio.ensure_future(self._supervise())
@@ -163,6 +166,7 @@ class Service(Conversations, Asks):
             async with asyncio.timeout(STOP_TURNS_S):
                 while self._turns:
                     await asyncio.sleep(0.02)
+        await self.stop_liveness()
         with contextlib.suppress(Exception):
             await self.pool.close(timeout=10)
         with contextlib.suppress(Exception):
@@ -183,6 +187,7 @@ class Service(Conversations, Asks):
         self.gate.accepting = False
         if self._supervisor is not None:
             self._supervisor.cancel()
+        self.cancel_liveness()
         sock = transport.client_socket(self.client) if hasattr(self, "client") else None
         if sock is not None:  # a runtime with a client still connected takes ~3 s to stop
             with contextlib.suppress(OSError):

@@ -130,6 +130,7 @@ class Turn:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._abandoned = asyncio.Event()
         self._stop_reason = ""
+        self._stop_code = "stopped"
         self.store_failed = asyncio.Event()  # set when a store call made for this turn failed
         self._told = False  # the reader was told the end before the turn let go
         self._start = time.perf_counter()
@@ -144,9 +145,11 @@ class Turn:
         self.result.abandoned = True
         self._abandoned.set()
 
-    def stop(self, reason: str) -> None:
-        """The service is stopping: abort the turn now and tell the reader ``reason``."""
-        self._stop_reason = reason
+    def stop(self, reason: str, code: str = "stopped") -> None:
+        """Abort the turn now (the service stops, or a caller asked) and tell the reader
+        ``reason``, with ``code``."""
+        if not self._stop_reason:
+            self._stop_reason, self._stop_code = reason, code
         self._abandoned.set()
 
     async def events(self) -> AsyncIterator[Event]:
@@ -294,7 +297,7 @@ class Turn:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), ABORT_WAIT_S)
             if self._stop_reason:
-                self.fail("stopped", f"{self._stop_reason}: the turn was aborted")
+                self.fail(self._stop_code, f"{self._stop_reason}: the turn was aborted")
             elif self._abandoned.is_set():
                 self.fail("abandoned", "the caller went away; the turn was aborted")
             else:
