@@ -10,11 +10,13 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from helpers.fleet import netns
 from helpers.fleet.fleet import Fleet
@@ -100,28 +102,32 @@ def _sent_to(fleet: Fleet, upstream: str, since: float, until: float) -> list[fl
     ]
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fleet() -> AsyncIterator[Fleet]:
+    """Two instances behind nginx on a throwaway PostgreSQL, for the fault tests of this module."""
+    async with Fleet(run_dir("fleet"), size=2, users=USERS, lease_ttl_s=6.0) as started:
+        yield started
+
+
 @fleet_test
-async def test_kill_9_mid_stream_loses_nothing_and_nginx_stops_sending_to_it() -> None:
-    fleet = Fleet(run_dir("fleet-kill"), size=2, users=USERS, lease_ttl_s=6.0)
-    async with fleet:
-        load = Load(fleet.url, fleet.tokens(), request_s=10.0)
-        runner = asyncio.ensure_future(load.run())
-        await asyncio.sleep(3.0)
-        dead = fleet.instances[1]
-        assert _sent_to(fleet, dead.upstream, 0, time.time()), "it served before its death"
-        died = fleet.kill(1)
-        await asyncio.sleep(7.0)
-        back = time.time()
-        await fleet.restart(1)
-        ready = time.time()
-        await asyncio.sleep(3.0)
-        load.finish()
-        await asyncio.wait_for(runner, 60)
-        counts = await load.check()
-        late = [t - died for t in _sent_to(fleet, dead.upstream, died + 5.0, back)]
-        rejoined = [
-            a for a in fleet.nginx.accesses() if dead.upstream in a.upstreams and a.start > ready
-        ]
+@pytest.mark.asyncio(loop_scope="module")
+async def test_kill_9_mid_stream_loses_nothing_and_nginx_stops_sending_to_it(fleet: Fleet) -> None:
+    load = Load(fleet.url, fleet.tokens(), request_s=10.0)
+    runner = asyncio.ensure_future(load.run())
+    await asyncio.sleep(2.0)
+    dead = fleet.instances[1]
+    assert _sent_to(fleet, dead.upstream, 0, time.time()), "it served before its death"
+    died = fleet.kill(1)
+    await asyncio.sleep(6.0)
+    back = time.time()
+    await fleet.restart(1)
+    ready = time.time()
+    await asyncio.sleep(1.5)
+    load.finish()
+    await asyncio.wait_for(runner, 60)
+    counts = await load.check()
+    late = [t - died for t in _sent_to(fleet, dead.upstream, died + 5.0, back)]
+    rejoined = _sent_to(fleet, dead.upstream, ready, time.time())
     cut = [a for a in load.attempts if a.start < died < a.end and not a.ok]
     assert cut, "no stream was running on the instance when it was killed"
     assert all(a.why.startswith(("stream cut", "error event")) for a in cut), [a.why for a in cut]
@@ -130,27 +136,29 @@ async def test_kill_9_mid_stream_loses_nothing_and_nginx_stops_sending_to_it() -
     assert not late, f"nginx still sent to the dead instance {late} s after its death"
     out = [c for c in fleet.changes if c.instance == dead.name and c.action == "out"]
     assert out and out[0].at - died < 5.0, fleet.changes
-    assert any(a.status == 200 for a in rejoined), "the restarted instance serves again"
+    assert rejoined, "the restarted instance serves again"
 
 
 @fleet_test
-async def test_a_rolling_deploy_under_load_fails_no_request() -> None:
-    fleet = Fleet(run_dir("fleet-deploy"), size=2, users=USERS[:4], lease_ttl_s=6.0)
-    async with fleet:
-        load = Load(fleet.url, fleet.tokens(), request_s=20.0)
-        runner = asyncio.ensure_future(load.run())
-        await asyncio.sleep(2.0)
-        began = time.time()
-        changes = await fleet.deploy("v2")
-        ended = time.time()
-        await asyncio.sleep(1.0)
-        load.finish()
-        await asyncio.wait_for(runner, 60)
-        counts = await load.check()
-        served_after = {
-            i.name: [t for t in _sent_to(fleet, i.upstream, i.started_at, time.time())]
-            for i in fleet.instances
-        }
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_rolling_deploy_under_load_fails_no_request(fleet: Fleet) -> None:
+    tokens = {user: token for user, token in fleet.tokens().items() if user in USERS[:3]}
+    load = Load(fleet.url, tokens, request_s=20.0)
+    runner = asyncio.ensure_future(load.run())
+    await asyncio.sleep(1.0)
+    began = time.time()
+    changes = await fleet.deploy("v2", settle_s=0.5)
+    ended = time.time()
+    await asyncio.sleep(1.0)
+    load.finish()
+    await asyncio.wait_for(runner, 60)
+    counts = await load.check()
+    served_after = {
+        i.name: _sent_to(fleet, i.upstream, i.started_at, time.time()) for i in fleet.instances
+    }
+    during = [a for a in load.attempts if began <= a.end and a.start <= ended]
+    assert len(during) > 10, "the load ran through the deploy"
+    assert load.failed() == [], [a.why for a in load.failed()]
     assert [(c.instance, c.action) for c in changes] == [
         ("i1", "out"),
         ("i1", "in"),
@@ -158,9 +166,6 @@ async def test_a_rolling_deploy_under_load_fails_no_request() -> None:
         ("i2", "in"),
     ]
     assert [i.version for i in fleet.instances] == ["v2", "v2"]
-    during = [a for a in load.attempts if began <= a.end and a.start <= ended]
-    assert len(during) > 10, "the load ran through the deploy"
-    assert load.failed() == [], [a.why for a in load.failed()]
     assert counts["lost"] == 0 and counts["doubled"] == 0, counts
     assert all(served_after.values()), "each restarted instance serves again"
 
