@@ -35,6 +35,7 @@ async def serve(args: argparse.Namespace) -> None:
     folder = run_dir("web")  # the runtime's home only: the data is in the database
     settings = Settings(
         backend=args.backend,
+        cli_url=args.cli_url,
         data=str(args.data),
         instance=args.instance,
         schema=args.schema,
@@ -123,6 +124,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--backend", default="", help="local, github or byok (default: local)")
+    parser.add_argument("--cli-url", default="", help="host:port of a runtime to use (a sidecar)")
     parser.add_argument("--users", default="alice,bob", help="comma-separated user names")
     parser.add_argument("--drain-s", type=float, default=60.0, help="longest wait for turns")
     parser.add_argument("--instance", default="", help="this instance's stable name")
