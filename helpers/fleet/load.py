@@ -40,6 +40,7 @@ class Load:
     url: str
     tokens: dict[str, str] = field(repr=False)
     request_s: float = REQUEST_S
+    pause_s: float = 0.0  # each user's pause after a turn served (0: the next at once)
     attempts: list[Attempt] = field(default_factory=list)
     sent: dict[str, list[str]] = field(default_factory=dict)  # user -> texts, in order
     done: dict[str, list[str]] = field(default_factory=dict)  # user -> texts reported done
@@ -120,6 +121,8 @@ class Load:
                 self.attempts.append(attempt)
                 if attempt.ok:
                     self.done.setdefault(user, []).append(text)
+                    with contextlib.suppress(TimeoutError):  # a user reading the reply
+                        await asyncio.wait_for(self.stop.wait(), self.pause_s)
                     break
                 if self.stop.is_set() and time.time() > self._stopped_at + 2 * self.request_s:
                     return  # given up: the send stays in ``sent``, not in ``done``
