@@ -183,7 +183,8 @@ class Fleet:
     def stop_now(self) -> None:
         """Stop everything at once, without awaiting (for ``at_kernel_exit``); twice is harmless."""
         if self._control is not None:
-            self._control.cancel()
+            with contextlib.suppress(RuntimeError):  # at exit its event loop may be closed
+                self._control.cancel()
         self._finalizer()
 
     async def __aenter__(self) -> Fleet:
