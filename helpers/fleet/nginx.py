@@ -139,9 +139,38 @@ class Nginx:
 
     def reload(self) -> None:
         """Write the configuration again and ``nginx -s reload`` (new workers take it; old ones
-        finish the requests they carry, streams included, then exit)."""
+        finish the requests they carry, streams included, then exit). Returns once the new
+        workers run and the old ones take no new request: ``-s reload`` only signals the master,
+        and until it has started new workers the old ones go on sending to the old list."""
+        before = self.workers()
         self._write()
         self._nginx("-s", "reload")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            now = self.workers()
+            old_quitting = all("shutting down" in now.get(pid, "shutting down") for pid in before)
+            if set(now) - set(before) and old_quitting:
+                return
+            time.sleep(0.02)
+        raise NginxError(f"nginx's new workers did not take over in {START_TIMEOUT_S:.0f} s")
+
+    def workers(self) -> dict[int, str]:
+        """nginx's worker processes now: pid -> title (an old one's ends "is shutting down")."""
+        try:
+            master = int((self.folder / "nginx.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return {}
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                    title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    found[int(entry.name)] = title.strip()
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
 
     def accesses(self) -> list[Access]:
         """Every request in the access log so far."""
