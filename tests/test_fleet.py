@@ -198,5 +198,29 @@ async def test_three_instances_in_three_network_namespaces() -> None:
             used = {u for a in fleet.nginx.accesses() for u in a.upstreams}
         assert load.turns() > 0 and load.failed() == [] and counts["lost"] == 0, counts
         assert {i.upstream for i in fleet.instances} <= used, "nginx reached each host"
+        gone = [i.pid for i in fleet.instances if Path(f"/proc/{i.pid}").exists()]
+        assert not gone and fleet.nginx._guard.poll() is not None, "nothing left running"
     listed = netns._ip("netns", "list")
     assert not any(name in listed for name in names), "the namespaces are removed"
+
+
+@pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
+def test_namespaces_made_before_a_failure_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = netns._ip, []
+
+    def failing_on_the_second_link(*args: str, netns: str = "") -> str:
+        calls.append(args)
+        if args[:2] == ("link", "add") and sum(c[:2] == ("link", "add") for c in calls) == 2:
+            raise RuntimeError("ip link add: a failure caused by the test")
+        return real(*args, netns=netns)
+
+    monkeypatch.setattr(netns, "_ip", failing_on_the_second_link)
+    spaces = netns.Namespaces(3)
+    with pytest.raises(RuntimeError, match="caused by the test"):
+        spaces.create()
+    monkeypatch.undo()
+    made = [c[2] for c in calls if c[:2] == ("netns", "add")]
+    assert len(made) == 2 and spaces.links == []
+    listed, links = netns._ip("netns", "list"), netns._ip("-o", "link")
+    assert not any(name in listed for name in made), "both namespaces are removed"
+    assert f"fh{os.getpid()}k0" not in links, "and the first one's link on this side"
