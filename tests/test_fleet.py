@@ -74,6 +74,12 @@ def test_nginx_takes_a_server_out_on_reload_and_puts_it_back(tmp_path: Path) -> 
         assert str(servers[0].server_port) in answered, "back in after the reload"
         assert all(a.status == 200 for a in proxy.accesses())
         assert [a.upstreams for a in proxy.accesses()][-1][0] in ups
+        proxy.set_down(ups[0], True)
+        proxy.set_down(ups[1], True)  # none left: nginx's own failure, in the service's form
+        time.sleep(0.5)
+        refused = httpx.post(f"{proxy.url}/conversations", timeout=5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == "unavailable"
     finally:
         proxy.stop()
         for server in servers:
