@@ -14,7 +14,9 @@ event of a reply and to its end (median, p95), and the failed attempts.
 
 Faults, at the first ``--users`` level: ``kill`` (kill -9 of the last instance mid-load, restarted
 after 6 s: the time from its death to the last request nginx sent it, turns lost and doubled) and
-``deploy`` (a rolling deploy under load: failed requests, lost, doubled).
+``deploy`` (a rolling deploy under load: failed requests, lost, doubled) and ``pg`` (the throwaway
+PostgreSQL stopped for 3 s under load, then started again: what failed, the time to the first turn
+served after, lost, doubled).
 
 On this machine's 2 cores, more instances cannot add CPU: every instance, its runtime, the model,
 nginx, PostgreSQL and the users share them. What the table shows is the cost of nginx and of
@@ -115,6 +117,30 @@ async def deploy_run(fleet: Fleet, users: int) -> dict:
     }
 
 
+async def pg_run(fleet: Fleet, users: int, away_s: float = 3.0) -> dict:
+    """PostgreSQL stopped (fast shutdown) under load for ``away_s``, then started again."""
+    await _all_in(fleet)
+    assert fleet.pg is not None
+    load = Load(fleet.url, dict(list(fleet.tokens().items())[:users]), request_s=30.0)
+    runner = asyncio.ensure_future(load.run())
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(fleet.pg.halt)
+    await asyncio.sleep(away_s)
+    await asyncio.to_thread(fleet.pg.resume)
+    back = time.time()
+    await asyncio.sleep(3.0)
+    load.finish()
+    await asyncio.wait_for(runner, 120)
+    served = [a.end - back for a in load.attempts if a.ok and a.start >= back]
+    codes = sorted({a.why for a in load.failed()})
+    return {
+        "failed": len(load.failed()),
+        "codes": codes,
+        "recovery_s": min(served, default=float("nan")),
+        **await load.check(),
+    }
+
+
 async def _all_in(fleet: Fleet) -> None:
     assert fleet.nginx is not None
     for instance in fleet.instances:
@@ -164,8 +190,16 @@ async def main(args: argparse.Namespace) -> int:
                 d = await deploy_run(fleet, levels[0])
                 fault_lines.append(
                     f"rolling deploy of {len(fleet.instances)} at {levels[0]} users in "
-                    f"{d['took_s']:.1f} s: {d['failed']} failed requests, {d['turns']} turns, "
+                    f"{d['took_s']:.1f} s: {d['failed']} failed requests {d['codes']}, "
+                    f"{d['turns']} turns, "
                     f"lost {d['lost']}, doubled {d['doubled']}"
+                )
+            if "pg" in faults and fleet.pg is not None:
+                g = await pg_run(fleet, levels[0])
+                fault_lines.append(
+                    f"PostgreSQL away 3 s at {levels[0]} users: {g['failed']} attempts failed "
+                    f"({', '.join(g['codes'])}; retried), first turn served {g['recovery_s']:.1f} "
+                    f"s after it was back, lost {g['lost']}, doubled {g['doubled']}"
                 )
     finally:
         remove_dir(folder)
@@ -190,5 +224,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=15.0, help="measured time per setting")
     parser.add_argument("--users", default="16,64", help="user levels; faults at the first")
     parser.add_argument("--sizes", default="1,2,3", help="instances behind nginx")
-    parser.add_argument("--faults", default="kill,deploy", help="kill, deploy, or none")
+    parser.add_argument("--faults", default="kill,deploy,pg", help="kill, deploy, pg, or none")
     sys.exit(asyncio.run(main(parser.parse_args())))
