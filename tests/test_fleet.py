@@ -177,6 +177,34 @@ async def test_a_rolling_deploy_under_load_fails_no_request(fleet: Fleet) -> Non
 
 
 @fleet_test
+@pytest.mark.asyncio(loop_scope="module")
+async def test_postgresql_away_under_load_gives_503_then_recovers(fleet: Fleet) -> None:
+    if fleet.pg is None:
+        pytest.skip("DATABASE_URL is set: the test stops only a throwaway server")
+    tokens = {user: token for user, token in fleet.tokens().items() if user in USERS[:4]}
+    load = Load(fleet.url, tokens, request_s=20.0)
+    runner = asyncio.ensure_future(load.run())
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(fleet.pg.halt)
+    away = time.time()
+    await asyncio.sleep(5.0)  # past the controller's two failed checks (each up to 2 s)
+    kept_in = not fleet.nginx.down
+    await asyncio.to_thread(fleet.pg.resume)
+    back = time.time()
+    await asyncio.sleep(3.0)
+    load.finish()
+    await asyncio.wait_for(runner, 60)
+    counts = await load.check()
+    refused = load.failed(away, back)
+    assert refused, "sends failed while the database was away"
+    assert {a.why for a in load.failed()} <= {"503 store_down", "error event: store_down"}
+    assert kept_in, f"all failed /ready: they all stay in nginx, not {fleet.changes}"
+    assert [a for a in load.attempts if a.ok and a.start > back], "served again after"
+    assert counts["lost"] == 0 and counts["doubled"] == 0, counts
+    assert load.sent == load.done
+
+
+@fleet_test
 @pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
 async def test_three_instances_in_three_network_namespaces() -> None:
     with netns.Namespaces(3) as spaces:
