@@ -236,7 +236,7 @@ http {{
         location @unavailable {{
             default_type application/json;
             add_header Retry-After 1 always;
-            return 503 '{{"error": "unavailable", "message": "no instance took it: retry"}}';
+            return 503 '{{"error": "unavailable", "message": "no instance answered: retry"}}';
         }}
         location / {{
             proxy_pass http://instances;
