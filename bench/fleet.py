@@ -104,13 +104,14 @@ async def deploy_run(fleet: Fleet, users: int) -> dict:
     runner = asyncio.ensure_future(load.run())
     await asyncio.sleep(2.0)
     began = time.time()
-    await fleet.deploy("v2", settle_s=0.5)
+    await fleet.deploy("v2")
     took = time.time() - began
     await asyncio.sleep(1.0)
     load.finish()
     await asyncio.wait_for(runner, 120)
     return {
         "took_s": took,
+        "codes": sorted({a.why for a in load.failed()}),
         "failed": len(load.failed()),
         "turns": load.turns(),
         **await load.check(),

@@ -154,7 +154,7 @@ async def test_a_rolling_deploy_under_load_fails_no_request(fleet: Fleet) -> Non
     runner = asyncio.ensure_future(load.run())
     await asyncio.sleep(1.0)
     began = time.time()
-    changes = await fleet.deploy("v2", settle_s=0.5)
+    changes = await fleet.deploy("v2")
     ended = time.time()
     await asyncio.sleep(1.0)
     load.finish()
