@@ -139,7 +139,8 @@ class Fleet:
         instance = self.instances[index]
         self.held.add(instance.name)
         try:
-            if instance.running:
+            if instance.running:  # out of nginx first, then drained (as in a deploy)
+                await self._set_down(instance, True, "restart: drain")
                 await asyncio.to_thread(instance.terminate)
             instance.version = version or instance.version
             await self._launch(instance)
