@@ -74,6 +74,12 @@ def test_nginx_takes_a_server_out_on_reload_and_puts_it_back(tmp_path: Path) -> 
         assert str(servers[0].server_port) in answered, "back in after the reload"
         assert all(a.status == 200 for a in proxy.accesses())
         assert [a.upstreams for a in proxy.accesses()][-1][0] in ups
+        proxy.set_down(ups[0], True)
+        proxy.set_down(ups[1], True)  # none left: nginx's own failure, in the service's form
+        time.sleep(0.5)
+        refused = httpx.post(f"{proxy.url}/conversations", timeout=5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == "unavailable"
     finally:
         proxy.stop()
         for server in servers:
@@ -130,7 +136,8 @@ async def test_kill_9_mid_stream_loses_nothing_and_nginx_stops_sending_to_it(fle
     rejoined = _sent_to(fleet, dead.upstream, ready, time.time())
     cut = [a for a in load.attempts if a.start < died < a.end and not a.ok]
     assert cut, "no stream was running on the instance when it was killed"
-    assert all(a.why.startswith(("stream cut", "error event")) for a in cut), [a.why for a in cut]
+    ended = ("stream cut", "error event", "503 unavailable")  # the last: sent, never answered
+    assert all(a.why.startswith(ended) for a in cut), [a.why for a in cut]
     assert counts["lost"] == 0 and counts["doubled"] == 0, counts
     assert load.sent == load.done, "every send ended served (retried on its key)"
     assert not late, f"nginx still sent to the dead instance {late} s after its death"
@@ -147,7 +154,7 @@ async def test_a_rolling_deploy_under_load_fails_no_request(fleet: Fleet) -> Non
     runner = asyncio.ensure_future(load.run())
     await asyncio.sleep(1.0)
     began = time.time()
-    changes = await fleet.deploy("v2", settle_s=0.5)
+    changes = await fleet.deploy("v2")
     ended = time.time()
     await asyncio.sleep(1.0)
     load.finish()
@@ -168,6 +175,34 @@ async def test_a_rolling_deploy_under_load_fails_no_request(fleet: Fleet) -> Non
     assert [i.version for i in fleet.instances] == ["v2", "v2"]
     assert counts["lost"] == 0 and counts["doubled"] == 0, counts
     assert all(served_after.values()), "each restarted instance serves again"
+
+
+@fleet_test
+@pytest.mark.asyncio(loop_scope="module")
+async def test_postgresql_away_under_load_gives_503_then_recovers(fleet: Fleet) -> None:
+    if fleet.pg is None:
+        pytest.skip("DATABASE_URL is set: the test stops only a throwaway server")
+    tokens = {user: token for user, token in fleet.tokens().items() if user in USERS[:4]}
+    load = Load(fleet.url, tokens, request_s=20.0)
+    runner = asyncio.ensure_future(load.run())
+    await asyncio.sleep(1.5)
+    await asyncio.to_thread(fleet.pg.halt)
+    away = time.time()
+    await asyncio.sleep(5.0)  # past the controller's two failed checks (each up to 2 s)
+    kept_in = not fleet.nginx.down
+    await asyncio.to_thread(fleet.pg.resume)
+    back = time.time()
+    await asyncio.sleep(3.0)
+    load.finish()
+    await asyncio.wait_for(runner, 60)
+    counts = await load.check()
+    refused = load.failed(away, back)
+    assert refused, "sends failed while the database was away"
+    assert {a.why for a in load.failed()} <= {"503 store_down", "error event: store_down"}
+    assert kept_in, f"all failed /ready: they all stay in nginx, not {fleet.changes}"
+    assert [a for a in load.attempts if a.ok and a.start > back], "served again after"
+    assert counts["lost"] == 0 and counts["doubled"] == 0, counts
+    assert load.sent == load.done
 
 
 @fleet_test
@@ -198,5 +233,29 @@ async def test_three_instances_in_three_network_namespaces() -> None:
             used = {u for a in fleet.nginx.accesses() for u in a.upstreams}
         assert load.turns() > 0 and load.failed() == [] and counts["lost"] == 0, counts
         assert {i.upstream for i in fleet.instances} <= used, "nginx reached each host"
+        gone = [i.pid for i in fleet.instances if Path(f"/proc/{i.pid}").exists()]
+        assert not gone and fleet.nginx._guard.poll() is not None, "nothing left running"
     listed = netns._ip("netns", "list")
     assert not any(name in listed for name in names), "the namespaces are removed"
+
+
+@pytest.mark.skipif(netns.unavailable() is not None, reason=str(netns.unavailable()))
+def test_namespaces_made_before_a_failure_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = netns._ip, []
+
+    def failing_on_the_second_link(*args: str, netns: str = "") -> str:
+        calls.append(args)
+        if args[:2] == ("link", "add") and sum(c[:2] == ("link", "add") for c in calls) == 2:
+            raise RuntimeError("ip link add: a failure caused by the test")
+        return real(*args, netns=netns)
+
+    monkeypatch.setattr(netns, "_ip", failing_on_the_second_link)
+    spaces = netns.Namespaces(3)
+    with pytest.raises(RuntimeError, match="caused by the test"):
+        spaces.create()
+    monkeypatch.undo()
+    made = [c[2] for c in calls if c[:2] == ("netns", "add")]
+    assert len(made) == 2 and spaces.links == []
+    listed, links = netns._ip("netns", "list"), netns._ip("-o", "link")
+    assert not any(name in listed for name in made), "both namespaces are removed"
+    assert f"fh{os.getpid()}k0" not in links, "and the first one's link on this side"

@@ -184,6 +184,8 @@ ROUTES = (
     ("POST", "/conversations/{cid}/messages", {"text": "Say hello."}),
     ("GET", "/files", None),
     ("PUT", "/files/notes.md", {"content": "during the stall"}),
+    ("POST", "/conversations/{cid}/abort", None),
+    ("DELETE", "/conversations/{cid}", None),
 )
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ from helpers.store import open_store
 from helpers.store.base import SessionStore
 from helpers.store.lease import Lease
 from helpers.store.postgres import PostgresStore
+from helpers.store.schema import upgrade
 from helpers.store.session_fs import stored_events
 from helpers.web.client import Caller, Reply
+from helpers.web.instances import StopListener, request_stop
 from helpers.web.service import Settings
 
 pytestmark = pytest.mark.runtime
@@ -86,18 +89,23 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     data = remove_dir(TMP / f"test-instances-{secrets.token_hex(4)}")
     schema = f"t_{secrets.token_hex(4)}"
     started: list[ServiceThread] = []
+
+    def start(name: str) -> None:
+        settings = Settings(
+            turn_timeout_s=30,
+            turns_per_user=16,
+            pool_size=1,
+            data=str(data),
+            instance=name,
+            schema=schema,
+        )
+        started.append(ServiceThread(settings))
+
     try:
-        with database_url(url):
-            for name in ("a", "b"):
-                settings = Settings(
-                    turn_timeout_s=30,
-                    turns_per_user=16,
-                    pool_size=1,
-                    data=str(data),
-                    instance=name,
-                    schema=schema,
-                )
-                started.append(ServiceThread(settings))
+        with database_url(url), ThreadPoolExecutor(2) as starting:  # at once, as a fleet starts
+            list(starting.map(start, ("a", "b")))
+        started.sort(key=lambda web: web.service.holder)
+        assert [w.service.holder for w in started] == ["web-a", "web-b"]
         assert started[1].service.store.engine == request.param
         env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         env["PYTHONPATH"] = str(ROOT)
@@ -195,12 +203,18 @@ async def test_an_abort_sent_to_b_stops_the_turn_streaming_on_a(pair: Pair) -> N
         took = time.monotonic() - asked
         print(f"{pair.engine}: abort sent to B ended A's stream in {took:.2f} s")
         assert reply.error == "aborted" and took < 5, (took, reply.events[-1:])
+        if pair.engine == "postgresql":  # A heard of it by NOTIFY (else it polls, each second)
+            assert pair.a.service._listener is not None and pair.a.service._listener.connected
         await until(lambda: _no_lease(pair.b, cid), 5, "A gave the lease back")
         assert not pair.a.service.locks.lock(cid).locked()
         after = await on_b.http.post(f"/conversations/{cid}/abort")
         assert after.status_code == 202 and after.json() == {"running": False}
         again = await on_b.send(cid, "Say hello.")
         assert again.done, again.events[-1:]
+        local = asyncio.ensure_future(on_b.send(cid, SLOW))  # and on the instance it was sent to
+        await until(leased_by(pair.b, cid, "web-b"), 15, "B's turn holds the lease")
+        assert (await on_b.http.post(f"/conversations/{cid}/abort")).json() == {"running": True}
+        assert (await asyncio.wait_for(local, 15)).error == "aborted"
         other = Caller(pair.b.url, pair.b.call(pair.b.service.tokens.issue("uother")))
         async with other:
             refused = await other.http.post(f"/conversations/{cid}/abort")
@@ -224,8 +238,7 @@ async def test_a_delete_sent_to_b_stops_a_turn_on_a_and_nothing_is_written_after
         response = await on_b.http.delete(f"/conversations/{cid}")
         took = time.monotonic() - asked
         assert response.status_code == 204, response.text
-        assert turn.done(), "the delete answered only once A's turn had let go"
-        reply = turn.result()
+        reply = await asyncio.wait_for(turn, 10)
         print(f"{pair.engine}: delete sent to B while A streamed: {took:.2f} s")
         assert reply.error == "aborted" and took < 5, (took, reply.events[-1:])
         await asyncio.sleep(1.0)  # a late write of A's would land now
@@ -435,3 +448,39 @@ async def test_an_instance_frozen_or_killed_mid_turn(pair: Pair, process: Proces
         assert answered(events).count(text) == 1 and forks(events) == 0, (
             "run once: 0 lost, 0 doubled"
         )
+
+
+@pytest.mark.postgres
+async def test_the_stop_listener_connects_again_after_losing_its_connection(
+    postgres_url: str,
+) -> None:
+    """A PostgreSQL restart (here: the listener's backend ended) is followed by a new LISTEN."""
+    store = await PostgresStore(postgres_url, f"t_{secrets.token_hex(4)}").connect()
+    wake = asyncio.Event()
+    listener = StopListener(store, wake)
+    task = asyncio.ensure_future(listener.run())
+    try:
+        await upgrade(store)
+        for round in range(2):
+            await until(_connected(listener), 10, f"listening (round {round})")
+            wake.clear()
+            await request_stop(store, f"web-x#{round}", "c", "stop")
+            await asyncio.wait_for(wake.wait(), 5)
+            await store.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+                (listener.name,),
+            )
+            await until(_connected(listener, False), 10, "the lost connection noticed")
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await store.close()
+        store.drop_schema()
+
+
+def _connected(listener: StopListener, wanted: bool = True) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return listener.connected == wanted
+
+    return check

@@ -140,7 +140,8 @@ class Fleet:
         instance = self.instances[index]
         self.held.add(instance.name)
         try:
-            if instance.running:
+            if instance.running:  # out of nginx first, then drained (as in a deploy)
+                await self._set_down(instance, True, "restart: drain")
                 await asyncio.to_thread(instance.terminate)
             instance.version = version or instance.version
             await self._launch(instance)
@@ -236,7 +237,8 @@ class Fleet:
 
     async def _controller(self) -> None:
         """Every ``check_every_s``: each instance's ``/ready``; out after two failures in a row
-        (at once when its port refuses connections), back in after two successes."""
+        (at once when its port refuses connections) if another one serves, back in after two
+        successes."""
         fails = {i.name: 0 for i in self.instances}
         oks = dict(fails)
         async with httpx.AsyncClient(timeout=self.check_timeout_s) as http:
@@ -251,11 +253,21 @@ class Fleet:
                     oks[instance.name] = oks[instance.name] + 1 if ok else 0
                     if instance.name in self.held:
                         continue  # a deploy or a restart took it while we were asking
-                    if fails[instance.name] >= 2:
+                    if fails[instance.name] >= 2 and self._another_serves(instance, oks):
                         await self._set_down(instance, True, "/ready failed")
                     elif oks[instance.name] >= 2:
                         await self._set_down(instance, False, "/ready answered")
                 await asyncio.sleep(self.check_every_s)
+
+    def _another_serves(self, instance: Instance, oks: dict[str, int]) -> bool:
+        """Whether another instance in nginx passes its checks. When none does (the database is
+        away: every instance fails ``/ready``), all stay in, so callers get the service's own
+        503 and its reason rather than nginx's "no server"."""
+        assert self.nginx is not None
+        return any(
+            i is not instance and i.upstream not in self.nginx.down and oks[i.name] > 0
+            for i in self.instances
+        )
 
     async def _check(self, http: httpx.AsyncClient, instance: Instance) -> tuple[bool, bool]:
         """(ready, refused): whether ``/ready`` answered 200, whether the port refused us."""

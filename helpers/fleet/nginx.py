@@ -260,6 +260,13 @@ http {{
     server {{
         listen {proxy.host}:{proxy.port};
         client_max_body_size 1m;
+        # nginx's own failures (no instance could take the request) in the service's JSON form.
+        error_page 502 504 =503 @unavailable;
+        location @unavailable {{
+            default_type application/json;
+            add_header Retry-After 1 always;
+            return 503 '{{"error": "unavailable", "message": "no instance answered: retry"}}';
+        }}
         location / {{
             proxy_pass http://instances;
             proxy_http_version 1.1;          # keep-alive to the instances

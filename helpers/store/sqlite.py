@@ -101,7 +101,8 @@ class SqliteStore(SessionStore):
         except sqlite3.OperationalError as exc:  # "database is locked" after busy_s, and kin
             raise StoreDown(f"the database did not answer ({exc})") from exc
         finally:
-            self._free.put_nowait(db)
+            if db in self._all:  # not one closed meanwhile (a call in flight during ``close``)
+                self._free.put_nowait(db)
 
     async def close(self) -> None:
         dbs, self._all, self._free = self._all, [], asyncio.Queue()

@@ -61,7 +61,7 @@ class Conversations(Checks):
             async with self.locks.turn(conversation, self.settings.turn_timeout_s):
                 await self._forget(conversation, None)
         else:
-            holder = await self._stored(self._take_for_delete(conversation))
+            holder = await self._take_for_delete(conversation)
             try:
                 await self._forget(conversation, holder)
             except BaseException:
@@ -80,11 +80,12 @@ class Conversations(Checks):
         holder = f"{self.holder}#{DELETING}{secrets.token_hex(6)}"
         deadline = time.monotonic() + self.settings.lease_ttl_s + self.settings.dead_after_s
         asked: set[str] = set()
-        while not await self.store.try_lease(conversation, holder, self.settings.lease_ttl_s):
-            current = await self.store.lease_live(conversation)
+        ttl_s = self.settings.lease_ttl_s
+        while not await self._stored(self.store.try_lease(conversation, holder, ttl_s)):
+            current = await self._stored(self.store.lease_live(conversation))
             if current is not None and current[1] and current[0] not in asked:
                 asked.add(current[0])
-                await self._ask_stop(current[0], conversation, DELETED)
+                await self._stored(self._ask_stop(current[0], conversation, DELETED))
             if time.monotonic() >= deadline:
                 raise LeaseBusy(f"conversation {conversation!r} stayed busy: not deleted")
             await asyncio.sleep(0.05)

@@ -185,6 +185,7 @@ class StopListener:
     def __init__(self, store: Any, wake: asyncio.Event) -> None:
         self.store, self.wake = store, wake
         self.connected = False
+        self.name = channel(store)[:63]  # its connection's application_name too
 
     async def run(self) -> None:
         """Listen until cancelled, connecting again a second after each failure."""
@@ -202,13 +203,12 @@ class StopListener:
     async def _listen(self) -> None:
         import psycopg
 
-        conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(self.store.url, autocommit=True, connect_timeout=5),
-            10,
+        connect = psycopg.AsyncConnection.connect(
+            self.store.url, autocommit=True, connect_timeout=5, application_name=self.name
         )
+        conn = await asyncio.wait_for(connect, 10)
         try:
-            name = channel(self.store).replace('"', "")
-            await asyncio.wait_for(conn.execute(f'LISTEN "{name}"'), CALL_S)
+            await asyncio.wait_for(conn.execute(f'LISTEN "{self.name}"'), CALL_S)
             self.connected = True
             while True:
                 async for _ in conn.notifies(timeout=1.0):
