@@ -198,6 +198,16 @@ class Fleet:
                     os.kill(instance.pid, signal.SIGKILL)
         self._finalizer()
 
+    def drop_schema(self) -> None:
+        """Drop this fleet's schema (its tables and rows) from ``DATABASE_URL``'s database; with
+        a throwaway server there is nothing to drop (it goes whole)."""
+        import psycopg
+
+        url = os.environ.get("DATABASE_URL", "")
+        if url and self.pg is None:
+            with psycopg.connect(url, connect_timeout=5, autocommit=True) as db:
+                db.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
     async def __aenter__(self) -> Fleet:
         return await self.start()
 
