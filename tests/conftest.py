@@ -107,6 +107,6 @@ def _costly_starts_need_their_marker(
 
         monkeypatch.setattr(papermill, "execute_notebook", refuse("notebook", "runs a notebook"))
     if "postgres" not in marks:
-        import pg_server
+        from helpers.fleet import postgres
 
-        monkeypatch.setattr(pg_server, "_launch", refuse("postgres", "starts PostgreSQL"))
+        monkeypatch.setattr(postgres, "_launch", refuse("postgres", "starts PostgreSQL"))

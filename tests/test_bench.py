@@ -14,6 +14,9 @@ import sys
 import pytest
 from support import REPO_ROOT, our_runtime_processes
 
+from helpers.fleet.nginx import INSTALL_HINT as NGINX_HINT
+from helpers.fleet.nginx import find_nginx
+
 pytestmark = pytest.mark.runtime
 BENCH = REPO_ROOT / "bench"
 
@@ -67,3 +70,18 @@ def test_the_fault_run_smoke() -> None:
     )
     assert lines[-1] == "goal 0 lost, 0 doubled, 0 forks: met", lines[-6:]
     assert re.match(r"kill +SQLite +[1-9]\d* ", lines[-2]), lines[-6:]
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(find_nginx() is None, reason=NGINX_HINT)
+def test_the_fleet_smoke() -> None:
+    """Three instances behind nginx against one directly, briefly; no fault (tests/test_fleet.py
+    causes them). The table has its rows; the ratio and the machine's cores are said."""
+    lines = run("fleet.py", "--seconds", "2", "--users", "8", "--sizes", "3", "--faults", "none")
+    found = [re.match(r"(\d (?:direct|behind nginx)) +8 +(\d+\.\d) ", line) for line in lines]
+    rows = {m.group(1): float(m.group(2)) for m in found if m}
+    assert set(rows) == {"1 direct", "3 behind nginx"}, lines
+    assert re.fullmatch(r"this machine has \d+ cores: .*", lines[-2])
+    assert re.fullmatch(
+        r"ratio 3 behind nginx / 1 direct at 8 users: \d+\.\d\d \(goal >= 0\.9\)", lines[-1]
+    )

@@ -278,7 +278,7 @@ def test_the_throwaway_server_goes_away(postgres_url: str) -> None:
 def test_postgres_binaries_are_found_or_named(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import pg_server
+    from helpers.fleet import postgres as pg_server
 
     monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
     monkeypatch.setattr(pg_server, "DEBIAN_ROOT", tmp_path)
@@ -297,7 +297,7 @@ def test_postgres_binaries_are_found_or_named(
 
 def test_the_cluster_folder_is_one_the_server_can_enter(monkeypatch: pytest.MonkeyPatch) -> None:
     """As root the server runs as nobody: a clone under a private folder puts it in system temp."""
-    import pg_server
+    from helpers.fleet import postgres as pg_server
 
     private = Path(tempfile.mkdtemp(prefix="pv"))  # short, like a clone in /root
     chosen: list[Path] = []

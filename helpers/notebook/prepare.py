@@ -38,7 +38,7 @@ RULES: dict[str, p.Rule] = {
         "one line of 8 to 200 characters, without a closing curly quote (\u201d) "
         "and without spaces at either end",
     ),
-    # notebooks 03 and 07
+    # notebooks 03, 07 and 08
     "USERS_AT_ONCE": p.number(2, 64),
     "SLOW_TURN_S": p.number(1, 30),
     "ORPHAN_AGE_S": p.number(0.1, 60),
@@ -55,6 +55,9 @@ RULES: dict[str, p.Rule] = {
     "PROMPT": p.text(r"\S[^\x00-\x1f\x7f]{0,498}\S", "one line of 2 to 500 characters"),
     # notebook 07
     "TURNS_PER_USER": p.number(2, 16),
+    # notebook 08
+    "INSTANCES": p.number(2, 4),
+    "LOAD_S": p.number(2, 120),
     # notebook 09
     "BUDGET_TOKENS": p.number(100, 10**9),
     "BUDGET_PERIOD_S": p.number(2, 86400),
@@ -70,6 +73,7 @@ COUNTS = {
     "AT_ONCE",
     "ISOLATION_REQUESTS",
     "TURNS_PER_USER",
+    "INSTANCES",
     "BUDGET_TOKENS",
     "METER_TURNS",
 }

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from helpers.run import TMP, relative, remove_dir, run_dir
+from helpers.tools.slow_read import slow_read_tool
 from helpers.web.auth import DAYS, TokenBook
 from helpers.web.db import open_web_store
 
@@ -36,6 +37,7 @@ async def serve(args: argparse.Namespace) -> None:
     folder = run_dir("web")  # the runtime's home only: the data is in the database
     settings = Settings(
         backend=args.backend,
+        cli_url=args.cli_url,
         data=str(args.data),
         instance=args.instance,
         schema=args.schema,
@@ -47,7 +49,8 @@ async def serve(args: argparse.Namespace) -> None:
         rate_turns=args.rate_turns,
         plans={user: "read-only" for user in args.read_only.split(",") if user},
     )
-    web = await start_web(folder, settings, args.host, args.port)
+    tools = [slow_read_tool(args.slow_read_s)] if args.slow_read_s > 0 else None
+    web = await start_web(folder, settings, args.host, args.port, tools=tools)
     users = [user for user in args.users.split(",") if user]
     tokens = await reuse_or_issue(web.service.tokens, users, args.tokens_file)
     private_file(args.tokens_file, json.dumps(tokens, indent=1) + "\n")
@@ -140,11 +143,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--backend", default="", help="local, github or byok (default: local)")
+    parser.add_argument("--cli-url", default="", help="host:port of a runtime to use (a sidecar)")
     parser.add_argument("--users", default="alice,bob", help="comma-separated user names")
     parser.add_argument("--drain-s", type=float, default=60.0, help="longest wait for turns")
     parser.add_argument("--instance", default="", help="this instance's stable name")
     parser.add_argument(
         "--lease-ttl-s", type=float, default=30.0, help="how long a stalled turn keeps its lease"
+    )
+    parser.add_argument(
+        "--slow-read-s",
+        type=float,
+        default=float(os.environ.get("WEB_SLOW_READ_S") or 0),
+        help="give conversations a read_file that takes this long, a demo of long turns "
+        "(default $WEB_SLOW_READ_S, else none)",
     )
     parser.add_argument(
         "--version-label", default="", help="this instance's code version (default: the package's)"
