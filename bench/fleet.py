@@ -39,7 +39,7 @@ from helpers.fleet.load import Load  # noqa: E402
 from helpers.run import remove_dir, run_dir  # noqa: E402
 
 DEAD_S = 6.0  # how long the killed instance stays dead before its restart
-WARM_UP_S = 30.0  # the longest wait for every user's first turn (a new session) before measuring
+WARM_UP_S = 60.0  # the longest wait for every user's first turn (a new session) before measuring
 
 
 async def measure(fleet: Fleet, size: int, users: int, seconds: float, direct: bool) -> dict:
@@ -68,6 +68,7 @@ async def measure(fleet: Fleet, size: int, users: int, seconds: float, direct: b
         "users": users,
         "turns_s": sum(a.ok for a in window) / seconds,
         "errors": sum(not a.ok for a in window),
+        "codes": sorted({a.why for a in window if not a.ok}),
         **measured.latencies(),
     }
 
@@ -159,7 +160,7 @@ def show(rows: list[dict]) -> None:
         print(
             f"{r['setup']:16} {r['users']:>5} {r['turns_s']:>8.1f} {r['first_p50']:>9.3f} "
             f"{r['first_p95']:>9.3f} {r['whole_p50']:>9.3f} {r['whole_p95']:>9.3f} "
-            f"{r['errors']:>6}"
+            f"{r['errors']:>6}  {', '.join(r['codes'])}"
         )
 
 
