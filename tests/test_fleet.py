@@ -173,6 +173,8 @@ async def test_a_rolling_deploy_under_load_fails_no_request(fleet: Fleet) -> Non
         ("i2", "in"),
     ]
     assert [i.version for i in fleet.instances] == ["v2", "v2"]
+    recorded = fleet.versions()
+    assert [recorded[i.name] for i in fleet.instances] == ["v2", "v2"], recorded
     assert counts["lost"] == 0 and counts["doubled"] == 0, counts
     assert all(served_after.values()), "each restarted instance serves again"
 

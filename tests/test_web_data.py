@@ -219,6 +219,41 @@ async def test_a_version_missed_below_the_newest_is_applied(place) -> None:  # t
         await store.close()
 
 
+# What a newer release's step may do so that the code before it, still serving during a rolling
+# deploy, reads and writes the same tables: add (a table, a column with no NOT NULL), never drop or
+# rename (that waits for a release after every instance runs the new code).
+NEXT_RELEASE = (
+    "ALTER TABLE sessions ADD COLUMN title TEXT",
+    "ALTER TABLE user_files ADD COLUMN media_type TEXT DEFAULT 'text/markdown'",
+    "CREATE TABLE IF NOT EXISTS conversation_tags (session_id TEXT NOT NULL, tag TEXT NOT NULL)",
+    "INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'a newer release', 0)",
+)
+
+
+async def test_this_code_serves_a_schema_a_newer_release_extended(place) -> None:  # type: ignore[no-untyped-def]
+    store = await _open(*place)
+    try:
+        old_id = await store.new_id("A")
+        for sql in NEXT_RELEASE:  # the new release's instance upgrades the shared schema
+            await store.execute(sql)
+        await store.execute("UPDATE sessions SET title = 'kept' WHERE session_id = ?", (old_id,))
+        assert await upgrade(store) == [], "a version this code does not know is left alone"
+        new_id = await store.new_id("A")  # this code's writes name their columns
+        assert await store.sessions_of("A") == [old_id, new_id]
+        await store.try_lease(new_id, "web-old#1", 5.0)
+        files = UserFiles(store, "A")
+        await files.write("notes.md", "milk")
+        assert await files.snapshot() == {"notes.md": "milk"}
+        book = await TokenBook().attach(store)
+        assert await book.user_of(await book.issue("A")) == "A"
+        rows, _ = await store.execute("SELECT title FROM sessions WHERE session_id = ?", (old_id,))
+        assert rows == [("kept",)], "the newer release's column is untouched by this code"
+        rows, _ = await store.execute("SELECT media_type FROM user_files WHERE owner = 'A'")
+        assert rows == [("text/markdown",)], "its default fills what this code does not write"
+    finally:
+        await store.close()
+
+
 # The tables as the code before schema versions (commit 7c26534) made them, with rows in them.
 OLD_STORE = (
     """CREATE TABLE sessions (

@@ -198,6 +198,16 @@ class Fleet:
                     os.kill(instance.pid, signal.SIGKILL)
         self._finalizer()
 
+    def versions(self) -> dict[str, str]:
+        """Each instance's code version as it recorded it in the shared database (heartbeats)."""
+        import psycopg
+
+        url = os.environ.get("DATABASE_URL", "") or self.pg.url  # type: ignore[union-attr]
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as db:
+            db.execute("SET statement_timeout = 5000")
+            rows = db.execute(f'SELECT label, version FROM "{self.schema}".web_instances')
+            return {label.removeprefix("web-"): version for label, version in rows.fetchall()}
+
     def drop_schema(self) -> None:
         """Drop this fleet's schema (its tables and rows) from ``DATABASE_URL``'s database; with
         a throwaway server there is nothing to drop (it goes whole)."""

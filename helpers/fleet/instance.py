@@ -65,7 +65,8 @@ class Instance:
         """The command line (no secret on it: ``DATABASE_URL`` goes in the environment)."""
         service = [sys.executable, "-m", "helpers.web", "--host", self.host, "--port"]
         service += [str(self.port), "--instance", self.name, "--data", str(self.folder / "data")]
-        service += ["--tokens-file", str(self.folder / "tokens.json"), *self.args]
+        service += ["--tokens-file", str(self.folder / "tokens.json")]
+        service += ["--version-label", self.version, *self.args]
         return ["ip", "netns", "exec", self.netns, *service] if self.netns else service
 
     def launch(self) -> None:
