@@ -38,6 +38,8 @@ async def serve(args: argparse.Namespace) -> None:
         instance=args.instance,
         schema=args.schema,
         lease_ttl_s=args.lease_ttl_s,
+        traces=args.traces,
+        capture_content=args.capture_content,
     )
     web = await start_web(folder, settings, args.host, args.port)
     users = [user for user in args.users.split(",") if user]
@@ -45,6 +47,8 @@ async def serve(args: argparse.Namespace) -> None:
     private_file(args.tokens_file, json.dumps(tokens, indent=1) + "\n")
     print(f"Serving {web.service.backend.describe()} at {web.url}/ (API docs: {web.url}/docs)")
     print(f"Data in {web.service.store.describe()} (instance {web.service.holder}).")
+    if web.service.tracing.on:
+        print(f"Spans go to {args.traces}.")
     where = relative(args.tokens_file)
     print(f"Sign-in tokens for {', '.join(tokens)} are in {where} (yours only).")
     print("Ctrl+C drains the running turns, then stops.", flush=True)
@@ -127,6 +131,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--lease-ttl-s", type=float, default=30.0, help="how long a stalled turn keeps its lease"
     )
     parser.add_argument("--tokens-file", type=Path, default=TOKENS, help="where --users' go")
+    parser.add_argument(
+        "--traces",
+        default="off",
+        help="where spans go: off, file:PATH (the runtime's beside it) or otlp:http://HOST:PORT",
+    )
+    parser.add_argument(
+        "--capture-content", action="store_true", help="the runtime's spans carry prompts, replies"
+    )
     sub = parser.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="as above")

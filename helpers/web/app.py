@@ -31,6 +31,7 @@ from helpers.errors import (
     TooManyTurns,
     VfsError,
 )
+from helpers.ops.tracing import trace_id
 from helpers.web.limits import BodyLimit, RequireToken
 from helpers.web.outcomes import MAX_KEY_CHARS, KeyReused
 from helpers.web.service import Service
@@ -186,6 +187,9 @@ def create_app(service: Service) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
     app.add_middleware(RequireToken, user_of=service.tokens.user_of)  # outermost: 401 first
+    # Around those: a span per request and its X-Trace-Id, then the operator's /metrics.
+    service.tracing.instrument(app)
+    service.metrics.mount(app, lambda: service.settings.operator_token)
     app.state.service = service
     _handlers(app)
 
@@ -236,7 +240,8 @@ def create_app(service: Service) -> FastAPI:
         """
         await service.check_owner(user, conversation_id)
         await service.check_store()
-        return _stream(await service.send_once(user, conversation_id, body.text, idempotency_key))
+        turn = await service.send_once(user, conversation_id, body.text, idempotency_key)
+        return _stream(turn, service)
 
     @app.get(
         "/conversations/{conversation_id}/messages",
@@ -262,7 +267,7 @@ def create_app(service: Service) -> FastAPI:
     async def ask(body: MessageIn, user: User) -> EventSourceResponse:
         """A one-off question with your files (three file tools); no session is kept after."""
         service.begin(user)
-        return _stream(service.ask(user, body.text).events())
+        return _stream(service.ask(user, body.text).events(), service)
 
     @app.get("/files", response_model=Files, responses=_errors(401, 503))
     async def files(user: User) -> Files:
@@ -283,9 +288,14 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-def _stream(turn: AsyncIterator[Event]) -> EventSourceResponse:
+def _stream(turn: AsyncIterator[Event], service: Service) -> EventSourceResponse:
+    traced = trace_id()  # an error event names its trace, so a complaint leads to it
+
     async def events() -> AsyncIterator[ServerSentEvent]:
         async for kind, data in turn:
+            if kind == "error":
+                service.metrics.error(data.get("error", ""))
+                data = {**data, "trace_id": traced} if traced else data
             yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
             # Queued deltas would go out in one burst that never yields to the loop, so a peer
             # that hung up is noticed only after all of them (each write to its closed socket

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from copilot.tools import Tool
 
 from helpers.errors import Draining, NotYourSession, RuntimeDown, StoreDown, TooManyTurns
 from helpers.model.backends import Backend
+from helpers.ops.metrics import Metrics
+from helpers.ops.tracing import Target, Tracing
 from helpers.runtime.server import RuntimeServer
 from helpers.serving.credentials import UserTokens
 from helpers.serving.drain import Drain
@@ -53,6 +56,11 @@ class Settings:
     data: str = ""  # the folder of the SQLite file and the instance id ("": the service's folder)
     instance: str = ""  # this instance's stable name ("": made once, kept in the data folder)
     token_days: float = 30.0  # how long a sign-in token is valid
+    traces: str = "off"  # where spans go: off, file:PATH or otlp:URL (helpers.ops.tracing)
+    capture_content: bool = False  # the runtime's spans carry prompts and replies (ours never)
+    operator_token: str = field(  # /metrics answers 404 without it (helpers.ops.metrics)
+        default_factory=lambda: os.environ.get("WEB_OPERATOR_TOKEN", ""), repr=False
+    )
 
 
 class Checks:
@@ -73,6 +81,9 @@ class Checks:
         self.gate = Drain()
         self.github_tokens: UserTokens | None = None
         self.data = Path(self.settings.data) if self.settings.data else self.folder
+        target = Target.parse(self.settings.traces)
+        self.tracing = Tracing(target, self.settings.capture_content, self.settings.instance)
+        self.metrics = Metrics()
         self.holder = f"web-{self.settings.instance}"  # made stable in ``start`` when unset
         self.freed = 0  # leases of this instance's previous process given back at start
         self._instance_lock = -1  # a file locked while this instance runs (one process per name)
@@ -128,7 +139,8 @@ class Checks:
 
     async def check_owner(self, user: str, conversation: str) -> None:
         """``NotYourSession`` unless ``user`` owns ``conversation`` (same for unknown ids)."""
-        await self._stored(self.store.check_owner(user, conversation))
+        with self.tracing.span("ownership"):
+            await self._stored(self.store.check_owner(user, conversation))
 
     def per_user_credentials(self) -> bool:
         """Whether each user's sessions run on their own GitHub token (notebook 03)."""
@@ -152,4 +164,5 @@ class Checks:
     def _track(self, turn: Turn) -> Turn:
         self._turns.add(turn)
         turn.task.add_done_callback(lambda _: self._turns.discard(turn))
+        turn.task.add_done_callback(lambda _: self.metrics.turn_ended(turn.result.error))
         return turn
