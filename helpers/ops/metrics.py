@@ -96,6 +96,7 @@ class Metrics:
 
     def mount(self, app: Any, operator_token: Callable[[], str]) -> None:
         """Serve ``/metrics`` on ``app`` to the operator's bearer token; count every request."""
+
         @app.get("/metrics", include_in_schema=False)
         async def metrics(request: Request) -> Response:
             if not _is_operator(request.headers.get("authorization", ""), operator_token()):
