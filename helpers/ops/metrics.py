@@ -8,13 +8,14 @@ label per user grows without bound) and because whoever reads the metrics would 
 service and when. Per-user figures belong in the application's own records.
 
 ``/metrics`` answers only with the operator's token (``WEB_OPERATOR_TOKEN``, compared in constant
-time). Without a token set, or with a wrong one, it answers 404 like any unknown route: a stranger
-cannot even tell it exists, and the service needs no second listener (it runs inside a notebook's
-kernel as often as on its own).
+time). Without a token set, or to anyone else, it answers as an unknown route does (401 without a
+user's token, 404 with one): nobody can tell it exists, and the service needs no second listener
+(it runs inside a notebook's kernel as often as on its own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import re
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PREFIX = "copilot_web"
 _CODE = re.compile(r"[a-z_]{1,40}")  # our own error codes; anything else is counted as "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+UNAUTHORIZED = "a valid bearer token is required (Authorization: Bearer …)"  # as any route says
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -94,15 +96,27 @@ class Metrics:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
 
-    def mount(self, app: Any, operator_token: Callable[[], str]) -> None:
-        """Serve ``/metrics`` on ``app`` to the operator's bearer token; count every request."""
+    def mount(
+        self, app: Any, operator_token: Callable[[], str], user_of: Callable[[str], Any]
+    ) -> None:
+        """Serve ``/metrics`` on ``app`` to the operator's bearer token; count every request.
+
+        Anyone else gets what an unknown route gives: 401 without a user's token, 404 with one.
+        """
 
         @app.get("/metrics", include_in_schema=False)
         async def metrics(request: Request) -> Response:
-            if not _is_operator(request.headers.get("authorization", ""), operator_token()):
-                body = {"error": "not_found", "message": "no route '/metrics'"}
-                return JSONResponse(body, status_code=404)
-            return Response(self.text(), media_type=CONTENT_TYPE_LATEST)
+            header = request.headers.get("authorization", "")
+            if _is_operator(header, operator_token()):
+                return Response(self.text(), media_type=CONTENT_TYPE_LATEST)
+            scheme, _, token = header.partition(" ")
+            user = None
+            with contextlib.suppress(Exception):  # a database that does not answer: a stranger
+                user = await user_of(token.strip()) if scheme.lower() == "bearer" else None
+            if user is None:
+                body = {"error": "unauthorized", "message": UNAUTHORIZED}
+                return JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse({"error": "not_found", "message": "no route '/metrics'"}, 404)
 
         app.add_middleware(CountRequests, metrics=self, routes=lambda: app.routes)
 

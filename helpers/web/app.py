@@ -189,7 +189,7 @@ def create_app(service: Service) -> FastAPI:
     app.add_middleware(RequireToken, user_of=service.tokens.user_of)  # outermost: 401 first
     # Around those: a span per request and its X-Trace-Id, then the operator's /metrics.
     service.tracing.instrument(app)
-    service.metrics.mount(app, lambda: service.settings.operator_token)
+    service.metrics.mount(app, lambda: service.settings.operator_token, service.tokens.user_of)
     app.state.service = service
     _handlers(app)
 
