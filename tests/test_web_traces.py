@@ -20,7 +20,15 @@ from peer_model import PEER_MODEL, PeerModel
 from web_fixture import ServiceThread
 
 from helpers.ops.metrics import _is_operator
-from helpers.ops.traces import Span, descendants, load_spans, one_trace, roots
+from helpers.ops.traces import (
+    Span,
+    descendants,
+    load_spans,
+    one_trace,
+    roots,
+    time_by_kind,
+    waterfall,
+)
 from helpers.ops.tracing import RUNTIME_OTEL_VARS, Target, Tracing
 from helpers.run import TMP, remove_dir
 from helpers.web.service import Settings
@@ -113,9 +121,16 @@ def test_one_request_is_one_trace_from_http_to_the_model(traced: ServiceThread) 
     trace, events = alice.turn("Remember: the codename is TRACE-ONE.")
     assert events[-1][0] == "message", events
     assert len(trace) == 32 and int(trace, 16), "the response names its trace"
-    spans = check_one_trace(exported(traced, [trace]), trace)
+    rows = exported(traced, [trace])
+    spans = check_one_trace(rows, trace)
     ids = {r.attributes.get("gen_ai.conversation.id") for r in spans} - {None}
     assert ids == {alice.conversation}
+    picture = Path(traced.service.tracing.target.where).with_name("waterfall.png")
+    waterfall(spans, picture)
+    assert picture.stat().st_size > 10_000
+    table = {row["kind"]: row for row in time_by_kind(rows)}
+    assert {"http", "app.turn", "invoke_agent", "chat", "store"} <= set(table)
+    assert table["http"]["total ms"] >= table["app.turn"]["total ms"] > 0
 
 
 @pytest.mark.runtime

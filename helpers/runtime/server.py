@@ -110,7 +110,7 @@ class RuntimeServer:
                 continue
             value = self._env[name]
             hidden = name in secret_names or value in secret_values or "KEY" in name
-            if name == "COPILOT_HOME":
+            if name in ("COPILOT_HOME", "COPILOT_OTEL_FILE_EXPORTER_PATH"):
                 value = relative(Path(value))
             shown.append(f"  {name}={'***' if hidden else value}")
         binary = relative(Path(self.command[0])) if self.command else "?"
