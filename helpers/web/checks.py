@@ -58,7 +58,7 @@ class Settings:
     token_days: float = 30.0  # how long a sign-in token is valid
     traces: str = "off"  # where spans go: off, file:PATH or otlp:URL (helpers.ops.tracing)
     capture_content: bool = False  # the runtime's spans carry prompts and replies (ours never)
-    operator_token: str = field(  # /metrics answers 404 without it (helpers.ops.metrics)
+    operator_token: str = field(  # /metrics is a route unknown to anyone without it
         default_factory=lambda: os.environ.get("WEB_OPERATOR_TOKEN", ""), repr=False
     )
 
