@@ -4,6 +4,7 @@ that is down or hangs costs a request nothing, /metrics answers the operator onl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
@@ -222,21 +223,49 @@ def test_metrics_need_the_operator_token_and_name_no_user(traced: ServiceThread)
     assert dave.name not in text and dave.conversation not in text and dave.token not in text
 
 
-class Hanging:
-    """A TCP listener that accepts connections and never answers (an OTLP collector stuck)."""
+class Collector:
+    """An OTLP/HTTP collector on loopback: answering (it keeps each request's body), stuck
+    (it accepts connections and never answers), then closed (connections refused)."""
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
+        self.stuck = False
+        self.received: list[tuple[str, bytes]] = []  # (content type, body)
         self.held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         while True:
             try:
-                self.held.append(self.server.accept()[0])
+                conn = self.server.accept()[0]
             except OSError:
                 return
+            self.held.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        data = b""
+        with contextlib.suppress(OSError, ValueError):
+            while not self.stuck:
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                fields = dict(
+                    line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:]
+                )
+                size = int(fields.get("content-length", "0"))
+                while len(data) < size:
+                    data += conn.recv(65536)
+                body, data = data[:size], data[size:]
+                if self.stuck:
+                    return  # never answered
+                self.received.append((fields.get("content-type", ""), body))
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+                conn.sendall(b"content-length: 2\r\n\r\n{}")
 
     def close(self) -> None:
         """Close it: the port is now closed (connections refused), a collector that is down."""
@@ -258,10 +287,11 @@ def median_turn_s(web: ServiceThread, turns: int) -> float:
 
 @pytest.mark.runtime
 @pytest.mark.timeout(240)
-def test_an_otlp_endpoint_down_or_hanging_costs_a_request_nothing() -> None:
-    """Each span export to the stuck collector takes 2 s before it gives up; a request that
-    waited for one would take that long. Against the same turns with tracing off."""
-    collector = Hanging()
+def test_otlp_spans_arrive_and_a_collector_down_or_stuck_costs_a_request_nothing() -> None:
+    """Both exporters post the request's trace to the collector while it answers. Then each
+    export to the stuck collector takes 2 s before it gives up; a request that waited for one
+    would take that long. Against the same turns with tracing off."""
+    collector = Collector()
     off = ServiceThread(Settings(pool_size=1))
     try:
         baseline = median_turn_s(off, 4)
@@ -269,7 +299,14 @@ def test_an_otlp_endpoint_down_or_hanging_costs_a_request_nothing() -> None:
         off.stop()
     web = ServiceThread(Settings(traces=f"otlp:http://127.0.0.1:{collector.port}", pool_size=1))
     try:
-        hanging = median_turn_s(web, 4)
+        trace, _ = Caller(web, f"otlp{secrets.token_hex(2)}").turn("Say hello.")
+        assert web.service.tracing.flush(5)
+        deadline = time.monotonic() + SPANS_S
+        while time.monotonic() < deadline and len(kinds_with(collector, trace)) < 2:
+            time.sleep(0.1)
+        assert kinds_with(collector, trace) == {"protobuf", "json"}, "ours, then the runtime's"
+        collector.stuck = True
+        stuck = median_turn_s(web, 4)
         assert collector.held, "the exporters did try the stuck collector"
         collector.close()
         down = median_turn_s(web, 4)
@@ -277,8 +314,19 @@ def test_an_otlp_endpoint_down_or_hanging_costs_a_request_nothing() -> None:
         collector.close()
         web.stop()
     bound = 2 * baseline + 0.3
-    print(f"median turn: off {baseline:.3f} s, stuck collector {hanging:.3f} s, down {down:.3f} s")
-    assert hanging < bound and down < bound, (baseline, hanging, down)
+    print(f"median turn: off {baseline:.3f} s, stuck collector {stuck:.3f} s, down {down:.3f} s")
+    assert stuck < bound and down < bound, (baseline, stuck, down)
+
+
+def kinds_with(collector: Collector, trace: str) -> set[str]:
+    """How ``trace`` reached the collector: ``protobuf`` (the service), ``json`` (the runtime)."""
+    found = set()
+    for kind, body in list(collector.received):
+        if kind.endswith("protobuf") and bytes.fromhex(trace) in body:
+            found.add("protobuf")
+        elif kind.endswith("json") and trace.encode() in body:
+            found.add("json")
+    return found
 
 
 @pytest.mark.runtime

@@ -42,6 +42,7 @@ RUNTIME_OTEL_VARS = (
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+    "OTEL_BSP_SCHEDULE_DELAY",
 )
 NO_HEADERS: list[str] = []  # request and response headers never go into a span (bearer tokens)
 
@@ -167,6 +168,7 @@ class Tracing:
             )
         else:
             env["COPILOT_OTEL_EXPORTER_TYPE"] = "otlp-http"
+            env["OTEL_BSP_SCHEDULE_DELAY"] = "500"
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.target.where
         return env
 
