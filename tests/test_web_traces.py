@@ -35,7 +35,7 @@ from helpers.run import TMP, remove_dir
 from helpers.web.service import Settings
 
 OPERATOR = f"op-{secrets.token_hex(12)}"
-SPANS_S = 10.0  # both exporters write within moments of a span's end; this is a backstop
+SPANS_S = 20.0  # both exporters write within moments of a span's end; this is a backstop
 
 
 def auth(token: str) -> dict[str, str]:
@@ -313,7 +313,8 @@ def test_otlp_spans_arrive_and_a_collector_down_or_stuck_costs_a_request_nothing
     finally:
         collector.close()
         web.stop()
-    bound = 2 * baseline + 0.3
+    # Loose for a loaded machine; one export waited for would cost 1-2 s, and a turn has ~20 spans.
+    bound = 2 * baseline + 1.0
     print(f"median turn: off {baseline:.3f} s, stuck collector {stuck:.3f} s, down {down:.3f} s")
     assert stuck < bound and down < bound, (baseline, stuck, down)
 
