@@ -110,7 +110,7 @@ class RuntimeServer:
                 continue
             value = self._env[name]
             hidden = name in secret_names or value in secret_values or "KEY" in name
-            if name == "COPILOT_HOME":
+            if name in ("COPILOT_HOME", "COPILOT_OTEL_FILE_EXPORTER_PATH"):
                 value = relative(Path(value))
             shown.append(f"  {name}={'***' if hidden else value}")
         binary = relative(Path(self.command[0])) if self.command else "?"
@@ -138,6 +138,7 @@ def start_server(
     *,
     home: Path | None = None,
     timeout: float = START_TIMEOUT_S,
+    env: dict[str, str | None] | None = None,
 ) -> RuntimeServer:
     """Start the runtime headless on a free loopback port, guarded so it dies with this process.
 
@@ -147,6 +148,8 @@ def start_server(
             log text we show. ``None``: this process's environment as it is.
         home: ``COPILOT_HOME`` for the server's own state; default ``tmp/copilot-home``.
         timeout: Seconds to wait for the server to announce its port.
+        env: More of the server's environment (its telemetry, ``helpers.ops.tracing``); a
+            ``None`` value keeps that name out of it.
 
     Returns:
         The running server; use ``server.connect()``, or ``server.url``/``server.token``.
@@ -159,12 +162,15 @@ def start_server(
     remove_env = backend.server_remove_env if backend is not None else ()
     secret_values = list(backend.secret_values) if backend is not None else []
     binary = find_runtime()
-    env = {k: v for k, v in os.environ.items() if k not in remove_env}
-    env.update(extra_env)
+    more = {k: v for k, v in (env or {}).items() if v is not None}
+    dropped = {k for k, v in (env or {}).items() if v is None}
+    server_env = {k: v for k, v in os.environ.items() if k not in remove_env and k not in dropped}
+    server_env.update(extra_env)
+    server_env.update(more)
     home = Path(home or TMP / "copilot-home").resolve()
     token = secrets.token_urlsafe(24)
-    server = _launch(binary, env, home, token, secret_values, timeout)
-    server._added_env = tuple(extra_env)
+    server = _launch(binary, server_env, home, token, secret_values, timeout)
+    server._added_env = (*extra_env, *more)
     server._finalizer = weakref.finalize(server, stop_guard, server._guard, server.pid)
     return server
 

@@ -48,6 +48,8 @@ async def serve(args: argparse.Namespace) -> None:
         budget_period_s=args.budget_period_s,
         rate_turns=args.rate_turns,
         plans={user: "read-only" for user in args.read_only.split(",") if user},
+        traces=args.traces,
+        capture_content=args.capture_content,
     )
     tools = [slow_read_tool(args.slow_read_s)] if args.slow_read_s > 0 else None
     web = await start_web(folder, settings, args.host, args.port, tools=tools)
@@ -56,6 +58,8 @@ async def serve(args: argparse.Namespace) -> None:
     private_file(args.tokens_file, json.dumps(tokens, indent=1) + "\n")
     print(f"Serving {web.service.backend.describe()} at {web.url}/ (API docs: {web.url}/docs)")
     print(f"Data in {web.service.store.describe()} (instance {web.service.holder}).")
+    if web.service.tracing.on:
+        print(f"Spans go to {args.traces}.")
     where = relative(args.tokens_file)
     print(f"Sign-in tokens for {', '.join(tokens)} are in {where} (yours only).")
     print("Ctrl+C drains the running turns, then stops.", flush=True)
@@ -168,6 +172,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-period-s", type=float, default=86400.0, help="a day")
     parser.add_argument("--rate-turns", type=int, default=0, help="turns per user per minute")
     parser.add_argument("--read-only", default="", help="users on the read-only plan (a,b)")
+    parser.add_argument(
+        "--traces",
+        default="off",
+        help="where spans go: off, file:PATH (the runtime's beside it) or otlp:http://HOST:PORT",
+    )
+    parser.add_argument(
+        "--capture-content", action="store_true", help="the runtime's spans carry prompts, replies"
+    )
     sub = parser.add_subparsers(dest="command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", type=Path, default=argparse.SUPPRESS, help="as above")

@@ -34,6 +34,7 @@ from helpers.errors import (
     TooManyTurns,
     VfsError,
 )
+from helpers.ops.tracing import trace_id
 from helpers.web.limits import BodyLimit, RequireToken
 from helpers.web.outcomes import MAX_KEY_CHARS, KeyReused
 from helpers.web.service import Service
@@ -219,6 +220,9 @@ def create_app(service: Service) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=service.settings.max_body_bytes)
     app.add_middleware(RequireToken, user_of=service.tokens.user_of)  # outermost: 401 first
+    # Around those: a span per request and its X-Trace-Id, then the operator's /metrics.
+    service.tracing.instrument(app)
+    service.metrics.mount(app, lambda: service.settings.operator_token, service.tokens.user_of)
     app.state.service = service
     _handlers(app)
 
@@ -271,7 +275,7 @@ def create_app(service: Service) -> FastAPI:
         await service.check_store()
         async with service.admitted(user):  # budget, rate, load: refused before the runtime
             events = await service.send_once(user, conversation_id, body.text, idempotency_key)
-        return _stream(events)
+        return _stream(events, service)
 
     @app.get(
         "/conversations/{conversation_id}/messages",
@@ -314,7 +318,7 @@ def create_app(service: Service) -> FastAPI:
         async with service.admitted(user):
             service.begin(user)
             turn = service.ask(user, body.text)
-        return _stream(turn.events())
+        return _stream(turn.events(), service)
 
     @app.get("/files", response_model=Files, responses=_errors(401, 503))
     async def files(user: User) -> Files:
@@ -366,9 +370,14 @@ def _usage_routes(app: FastAPI, service: Service) -> None:
         return AuditRows(calls=await service.audit_of(user, conversation_id))
 
 
-def _stream(turn: AsyncIterator[Event]) -> EventSourceResponse:
+def _stream(turn: AsyncIterator[Event], service: Service) -> EventSourceResponse:
+    traced = trace_id()  # an error event names its trace, so a complaint leads to it
+
     async def events() -> AsyncIterator[ServerSentEvent]:
         async for kind, data in turn:
+            if kind == "error":
+                service.metrics.error(data.get("error", ""))
+                data = {**data, "trace_id": traced} if traced else data
             yield ServerSentEvent(event=kind, data=json.dumps(data, ensure_ascii=False))
             # Queued deltas would go out in one burst that never yields to the loop, so a peer
             # that hung up is noticed only after all of them (each write to its closed socket

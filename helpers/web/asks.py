@@ -73,8 +73,12 @@ class Asks(Checks):
         @contextlib.asynccontextmanager
         async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
             sessions = self._own_session if self.per_user_credentials() else self.pool.request
-            async with self.gate.request(), sessions(user) as session:
-                yield session
+            async with (
+                self.gate.request(),
+                self.tracing.step("session.take", sessions(user)) as session,
+            ):
+                with self.tracing.span("turn"):
+                    yield session
 
         return self._track(
             Turn(

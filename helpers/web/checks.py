@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from copilot.tools import Tool
 
 from helpers.errors import Draining, NotYourSession, RuntimeDown, StoreDown, TooManyTurns
 from helpers.model.backends import Backend
+from helpers.ops.metrics import Metrics
+from helpers.ops.tracing import Target, Tracing
 from helpers.runtime.server import RuntimeServer
 from helpers.serving.credentials import UserTokens
 from helpers.serving.drain import Drain
@@ -69,6 +72,11 @@ class Settings:
     max_turns: int = 0  # turns at once on this instance, all users (0: no limit)
     plans: dict[str, str] = field(default_factory=dict)  # user -> plan ("read-only", ...)
     reconcile_every_s: float = 300.0  # ledger against the runtime's: first resume, then this
+    traces: str = "off"  # where spans go: off, file:PATH or otlp:URL (helpers.ops.tracing)
+    capture_content: bool = False  # the runtime's spans carry prompts and replies (ours never)
+    operator_token: str = field(  # /metrics is a route unknown to anyone without it
+        default_factory=lambda: os.environ.get("WEB_OPERATOR_TOKEN", ""), repr=False
+    )
 
 
 class Checks:
@@ -89,6 +97,9 @@ class Checks:
         self.gate = Drain()
         self.github_tokens: UserTokens | None = None
         self.data = Path(self.settings.data) if self.settings.data else self.folder
+        target = Target.parse(self.settings.traces)
+        self.tracing = Tracing(target, self.settings.capture_content, self.settings.instance)
+        self.metrics = Metrics()
         self.holder = f"web-{self.settings.instance}"  # made stable in ``start`` when unset
         self.freed = 0  # leases of this instance's previous process given back at start
         self._instance_lock = -1  # a file locked while this instance runs (one process per name)
@@ -149,7 +160,8 @@ class Checks:
 
     async def check_owner(self, user: str, conversation: str) -> None:
         """``NotYourSession`` unless ``user`` owns ``conversation`` (same for unknown ids)."""
-        await self._stored(self.store.check_owner(user, conversation))
+        with self.tracing.span("ownership"):
+            await self._stored(self.store.check_owner(user, conversation))
 
     def per_user_credentials(self) -> bool:
         """Whether each user's sessions run on their own GitHub token (notebook 03)."""
@@ -180,4 +192,5 @@ class Checks:
     def _track(self, turn: Turn, user: str = "") -> Turn:
         self._turns.add(turn)
         turn.task.add_done_callback(lambda _: self._turns.discard(turn))
+        turn.task.add_done_callback(lambda _: self.metrics.turn_ended(turn.result.error))
         return turn

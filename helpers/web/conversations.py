@@ -13,6 +13,7 @@ from typing import Any, cast
 from copilot.session import CopilotSession
 
 from helpers.errors import Draining, LeaseBusy, NotStored, StoreDown
+from helpers.ops.tracing import note
 from helpers.store.base import SessionStore, finish
 from helpers.store.lease import Lease, held
 from helpers.store.router import resume_or_create
@@ -194,18 +195,20 @@ class Conversations(Checks):
 
         @contextlib.asynccontextmanager
         async def opened(turn: Turn) -> AsyncIterator[CopilotSession]:
-            async with self.gate.request(), self._turn_lock(conversation):
+            lock = self.tracing.step("lock", self._turn_lock(conversation))
+            async with self.gate.request(), lock:
                 await self.check_owner(user, conversation)  # deleted while this send waited?
                 holder = None
                 try:
-                    async with self._lease(conversation) as lease:
+                    async with self._held_lease(conversation) as lease:
                         holder = lease.holder if lease is not None else None
                         with self._listed(holder, turn):
                             if holder is not None:  # deleted on another instance meanwhile?
                                 await self.check_owner(user, conversation)
                             session = await self._open(user, conversation, lease, turn.store_failed)
                             try:
-                                yield session
+                                with self.tracing.span("turn"):
+                                    yield session
                             finally:  # a cancelled caller cannot cut it (notebook 04's finish)
                                 # The runtime flushes the turn's writes first: after a store
                                 # failure (the reader already told) that lasts as long as the
@@ -214,7 +217,8 @@ class Conversations(Checks):
                                 wait_s = DISCONNECT_S
                                 if turn.store_failed.is_set():
                                     wait_s = max(DISCONNECT_S, self.settings.lease_ttl_s)
-                                with contextlib.suppress(Exception):
+                                closing = self.tracing.span("session.close")
+                                with closing, contextlib.suppress(Exception):
                                     await finish(asyncio.wait_for(session.disconnect(), wait_s))
                 except BaseException:
                     if holder is not None:
@@ -227,6 +231,10 @@ class Conversations(Checks):
             await self._check_stored(conversation, text)
 
         async def settle(turn: Turn, final: Event) -> Event:
+            with self.tracing.span("settle"):
+                return await _settle(turn, final)
+
+        async def _settle(turn: Turn, final: Event) -> Event:
             kind, data = final
             if kind == "error" and data["error"] not in NO_TURN:
                 try:  # the lease is given back, so no late write can land after this read
@@ -302,6 +310,19 @@ class Conversations(Checks):
             label=self.holder,
         )
 
+    @contextlib.asynccontextmanager
+    async def _held_lease(self, conversation: str) -> AsyncIterator[Lease | None]:
+        """``_lease`` with its wait traced, counted in the leases this instance holds."""
+        async with self.tracing.step("lease", self._lease(conversation)) as lease:
+            if lease is None:
+                yield lease
+                return
+            self.metrics.leases.inc()
+            try:
+                yield lease
+            finally:
+                self.metrics.leases.dec()
+
     def _turn_lock(self, conversation: str) -> contextlib.AbstractAsyncContextManager[None]:
         if not self.settings.lock_turns:
             return contextlib.nullcontext()
@@ -322,9 +343,12 @@ class Conversations(Checks):
         )
         holder = lease.holder if lease is not None else None
         try:
-            if not await resume_or_create(self.store, conversation, holder):
-                return await self.client.create_session(session_id=conversation, **options)
-            session = await self.client.resume_session(conversation, **options)
+            with self.tracing.span("session.open"):
+                if not await resume_or_create(self.store, conversation, holder):
+                    note(**{"app.session.resumed": False})
+                    return await self.client.create_session(session_id=conversation, **options)
+                note(**{"app.session.resumed": True})
+                session = await self.client.resume_session(conversation, **options)
             await self.after_resume(user, conversation, session)
             return session
         except Exception as exc:

@@ -19,7 +19,7 @@ log = logging.getLogger("helpers.web")
 
 PUBLIC = frozenset(
     {"/", "/health", "/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-)
+) | {"/metrics"}  # the operator's token, checked by the route itself (helpers.ops.metrics)
 
 
 class RequireToken:

@@ -17,6 +17,7 @@ from copilot import CopilotClient
 
 from helpers.errors import StoreDown
 from helpers.model.backends import choose_backend
+from helpers.ops.store_calls import watch_store
 from helpers.runtime import transport
 from helpers.runtime.server import attach_server, start_server
 from helpers.serving.pool import SessionPool
@@ -53,9 +54,14 @@ class Service(Metering, Conversations, Asks, Liveness):
             self.server = attach_server(self.settings.cli_url)
         else:
             self.server = await asyncio.to_thread(
-                start_server, self.backend, home=self.folder / "runtime"
+                start_server,
+                self.backend,
+                home=self.folder / "runtime",
+                env=self.tracing.runtime_env(),  # its spans join ours (helpers.ops.tracing)
             )
         self.store = await open_web_store(self.data, schema=self.settings.schema)
+        watch_store(self.store, self.tracing, self.metrics)
+        self.metrics.watch(self)
         await self.tokens.attach(self.store)
         name, self._instance_lock = instance_id(self.data, self.settings.instance)
         self.holder = f"web-{name}"
@@ -177,6 +183,8 @@ class Service(Metering, Conversations, Asks, Liveness):
             await self.store.close()
         self._unlock()
         self.backend.close()
+        with contextlib.suppress(Exception):  # the last spans; an exporter that hangs is cut
+            await asyncio.wait_for(asyncio.to_thread(self.tracing.shutdown), 10)
 
     def _unlock(self) -> None:
         fd, self._instance_lock = self._instance_lock, -1
