@@ -70,9 +70,10 @@ class Caller:
         self.prompts: list[str] = []
         self.traces: list[str] = []
 
-    def turn(self, text: str) -> tuple[str, list[tuple[str, dict]]]:
+    def turn(self, text: str, path: str = "") -> tuple[str, list[tuple[str, dict]]]:
+        """A turn in the conversation, or a short-lived ask at ``path`` ``/ask``."""
         self.prompts.append(text)
-        path = f"/conversations/{self.conversation}/messages"
+        path = path or f"/conversations/{self.conversation}/messages"
         with (
             httpx.Client(base_url=self.web.url, timeout=60) as http,
             connect_sse(http, "POST", path, json={"text": text}, headers=auth(self.token)) as sse,
@@ -139,10 +140,14 @@ def test_three_users_at_once_never_share_a_trace(traced: ServiceThread) -> None:
     users = [Caller(traced, f"u{n}{secrets.token_hex(2)}") for n in range(3)]
     failures: list[BaseException] = []
 
+    asks: dict[str, list[str]] = {u.name: [] for u in users}
+
     def run(user: Caller) -> None:
         try:
             for step in range(2):
                 user.turn(f"Remember: the codename is {user.name.upper()}-{step}.")
+            asks[user.name].append(user.turn("List my files.", "/ask")[0])
+            user.traces.pop()
         except BaseException as exc:
             failures.append(exc)
 
@@ -152,8 +157,14 @@ def test_three_users_at_once_never_share_a_trace(traced: ServiceThread) -> None:
     for t in threads:
         t.join(120)
     assert not failures, failures
-    rows = exported(traced, [t for u in users for t in u.traces])
+    rows = exported(traced, [t for u in users for t in u.traces + asks[u.name]])
     owner = {u.conversation: u for u in users}
+    seen: list[str] = []
+    for trace in [t for u in users for t in asks[u.name]]:  # an ask's session, and no other:
+        spans = one_trace(rows, trace)  # the pool's refill after it is nobody's request
+        seen += {r.attributes.get("gen_ai.conversation.id") for r in spans} - {None}
+        assert any(r.what == "execute_tool" for r in spans), "the ask's tool call is in its trace"
+    assert len(seen) == len(set(seen)) == len(users), seen
     for user in users:
         assert len(set(user.traces)) == 2, "each request is a trace of its own"
         for trace in user.traces:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from copilot.session import CopilotSession
 
@@ -179,8 +181,10 @@ class SessionPool:
             self._deleting -= 1
         self._refill()  # the room this delete made
 
-    def _background(self, work: Awaitable[None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(work)
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # A fresh context: the refill or delete belongs to no request, so it joins none's trace
+        # (a session made here may serve another user; its spans must not sit in this one's).
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
         for tasks in (self._tasks, self._retiring):
             task.add_done_callback(tasks.discard)
         self._tasks.add(task)
