@@ -4,13 +4,17 @@ a tree; a waterfall of it (a PNG under ``tmp/``); and where time goes per kind o
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import statistics
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_HASH = re.compile(r"\b[0-9a-f]{32,}\b")  # the runtime names a tool's spans by a hash of it
 SERVER = 1  # the OTel span kind of an HTTP request's span (the same number in Python and JS)
 
 
@@ -46,6 +50,8 @@ class Span:
             return "runtime.session"
         if self.name.startswith("store."):
             return "store"
+        if self.name.startswith("external_tool "):  # the runtime names it by a hash of the tool
+            return "external_tool"
         return self.name
 
 
@@ -82,6 +88,22 @@ def _row(item: dict[str, Any]) -> Span:
         attributes=item.get("attributes") or {},
         service=str(resource.get("service.name", "")),
     )
+
+
+async def exported(tracing: Any, trace_ids: Iterable[str], timeout_s: float = 20.0) -> list[Span]:
+    """Every span ``tracing`` (a ``helpers.ops.tracing.Tracing``) and its runtime exported so far,
+    once each of ``trace_ids`` has its HTTP span and the runtime's ``invoke_agent`` (or the
+    timeout passed: then what there is)."""
+    wanted, target = set(trace_ids), tracing.target
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await asyncio.to_thread(tracing.flush, 5.0)
+        rows = load_spans(target.where, target.runtime_file)
+        agents = {r.trace for r in rows if r.what == "invoke_agent"}
+        requests = {r.trace for r in rows if r.what == "http"}
+        if wanted <= agents & requests or time.monotonic() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
 
 
 def one_trace(rows: Iterable[Span], trace_id: str) -> list[Span]:
@@ -143,7 +165,7 @@ def waterfall(rows: list[Span], path: str | Path | None = None, timing: bool = F
     colours = {"copilot-runtime": "tab:orange"}
     for y, r in enumerate(order):
         ax.barh(y, r.ms, left=1000 * (r.start - t0), color=colours.get(r.service, "tab:blue"))
-        label = "  " * level[r.span] + r.name
+        label = "  " * level[r.span] + _HASH.sub(lambda m: m.group()[:8] + "…", r.name)
         ax.text(1000 * (r.end - t0), y, f" {label} {r.ms:.1f} ms", va="center", fontsize=7)
     ax.set_yticks([])
     ax.invert_yaxis()

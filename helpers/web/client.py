@@ -19,6 +19,7 @@ class Reply:
     status: int
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     body: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""  # the response's X-Trace-Id ('' when the service traces nothing)
 
     @property
     def kinds(self) -> list[str]:
@@ -104,6 +105,7 @@ class Caller:
             self.http, "POST", path, json={"text": text}, headers=headers
         ) as source:
             reply = Reply(source.response.status_code)
+            reply.trace_id = source.response.headers.get("x-trace-id", "")
             if reply.status != 200:
                 await source.response.aread()
                 reply.body = source.response.json()
