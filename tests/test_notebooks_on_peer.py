@@ -34,6 +34,9 @@ SHOWN = {
         "0 during the deploy",
     ],
     "09": [
+        "no span of one user's request is in another's trace; each X-Trace-Id names its own",
+        "colour codes or tokens in them: 0",
+        "/metrics to A's token: 404 not_found",
         "the read-only write was denied before it ran",
         "B cannot tell the two apart",
         "the plan denied B the write before it ran",
