@@ -36,7 +36,7 @@ SHOWN = {
     "09": [
         "no span of one user's request is in another's trace; each X-Trace-Id names its own",
         "colour codes or tokens in them: 0",
-        "/metrics to A's token: 404 not_found",
+        "token: 404 not_found",
         "the read-only write was denied before it ran",
         "B cannot tell the two apart",
         "the plan denied B the write before it ran",
