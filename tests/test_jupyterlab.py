@@ -35,8 +35,9 @@ REPLY_TIMEOUT_MS = 90_000
 NO_PANEL = ("08_", "09_")
 # Run All again and Restart + Run All check that a second run replaces the first (its runtime
 # stopped, not kept beside the new one). Each costs a whole run; the notebooks whose runs are the
-# longest (06's measurements, 08's fleet of instances) are run once: the others check the rule.
-RUN_ONCE = ("06_", "08_")
+# longest (03's timeouts and drains, 06's measurements, 08's fleet) are run once; the others
+# check the rule.
+RUN_ONCE = ("03_", "06_", "08_")
 
 pytestmark = [
     pytest.mark.browser,
